@@ -1,0 +1,13 @@
+"""Data sources behind one call: ``support.data.load(name, **params)``.
+
+Sources (registry ``SOURCES``): ``phantom`` (default, generated), ``kermany``,
+``pneumoniamnist``, ``imagefolder``, ``csv`` and ``nodules``. See
+:mod:`support.data.core` for caching and parameter checking.
+"""
+from .containers import CXR_CLASSES, SPLITS, DataBundle, Split
+from .core import SOURCES, load, names, parse_data_spec, register_source
+
+__all__ = [
+    "CXR_CLASSES", "SPLITS", "DataBundle", "Split", "SOURCES", "load", "names",
+    "parse_data_spec", "register_source",
+]

@@ -1,0 +1,56 @@
+"""Profiles: named sets of parameter defaults (not code paths).
+
+``smoke``  seconds per notebook; what the test suite executes.
+``quick``  the default: CPU-sized, the whole ``./run_all.sh`` within ~15 min on 2 cores.
+``full``   the papers' protocol (512², paper head, <= 64 epochs, batch 16), meant for a GPU.
+
+A notebook's ``parameters`` cell names a profile; :func:`get` returns its
+settings and explicit notebook parameters override them.
+"""
+from __future__ import annotations
+
+import copy
+
+#: The 12 classification losses of the multi-loss study, in the paper's order.
+PAPER_LOSSES = (
+    "cce", "cce_entropy_reg", "kld", "focal", "hinge", "ls_cce", "ls_focal",
+    "cal_cce", "cal_kld", "cal_focal", "cal_hinge", "cal_neg_entropy",
+)
+
+PROFILES = {
+    "smoke": {
+        "data": {"name": "phantom", "n": 240, "image_size": 64},
+        "train": {"arch": "small_cnn", "image_size": 32, "batch_size": 32, "max_epochs": 2, "patience": 2,
+                  "head": "paper", "optimizer": "adamw", "lr": 3e-3},
+        "losses": ("cce", "focal", "cal_cce"),
+        "seeds": (0,),
+        "bootstrap": 100,
+    },
+    "quick": {
+        "data": {"name": "phantom", "n": 2400, "image_size": 128},
+        "train": {"arch": "small_cnn", "image_size": 64, "batch_size": 64, "max_epochs": 12, "patience": 4,
+                  "head": "paper", "optimizer": "adamw", "lr": 3e-3},
+        "losses": PAPER_LOSSES,
+        "seeds": (0, 1),
+        "bootstrap": 1000,
+    },
+    "full": {
+        "data": {"name": "phantom", "n": 5856, "image_size": 512},
+        "train": {"arch": "efficientnet_b0", "image_size": 512, "batch_size": 16, "max_epochs": 64,
+                  "patience": 5, "head": "paper", "optimizer": "sgd", "lr": 1e-4, "compile": True},
+        "losses": PAPER_LOSSES,
+        "seeds": (0, 1, 2),
+        "bootstrap": 1000,
+    },
+}
+
+
+def names():
+    return list(PROFILES)
+
+
+def get(name: str) -> dict:
+    """A deep copy of profile ``name`` (so callers may edit it)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
+    return copy.deepcopy(PROFILES[name])
