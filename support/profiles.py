@@ -54,3 +54,27 @@ def get(name: str) -> dict:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
     return copy.deepcopy(PROFILES[name])
+
+
+def data_config(profile: str, spec: str = "phantom") -> dict:
+    """``support.data.load`` arguments for a profile and a ``--data`` spec.
+
+    The profile's data settings apply when the spec names the profile's
+    source; for another source only the settings it accepts (e.g.
+    ``image_size``) carry over, plus the spec's path as ``root``/``path``.
+    """
+    import inspect
+
+    from .data import parse_data_spec
+    from .data.core import SOURCES, _import_sources
+
+    name, params = parse_data_spec(spec)
+    base = get(profile)["data"]
+    if name == base["name"]:
+        return {**base, **params}
+    _import_sources()
+    accepted = inspect.signature(SOURCES.get(name)).parameters
+    config = {"name": name, **{k: v for k, v in base.items() if k != "name" and k in accepted}}
+    if "root" in params and "root" not in accepted and "path" in accepted:
+        params = {"path": params.pop("root")}
+    return {**config, **params}

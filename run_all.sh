@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# lossbench-cxr: the two commands of the README.
+#   ./run_all.sh          bootstrap .venv, run every notebook on the built-in phantom data
+#   ./run_all.sh --test   bootstrap .venv, run the test suite (unit tests + notebooks in the smoke profile)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+  cat <<'USAGE'
+Usage: ./run_all.sh [--test] [options]
+
+  (no option)          bootstrap .venv if needed, generate the default data, execute every
+                       notebook in order with papermill (copies in runs/notebooks/), write
+                       figures to figures/ and tables to runs/report/
+  --test [PYTEST ARGS] bootstrap, then run the test suite (pytest; extra args go to pytest)
+  --profile NAME       quick (default, CPU-sized, ~15 min on 2 cores) | full (paper protocol, GPU) | smoke
+  --data SOURCE        phantom (default) | kermany:/path/to/chest_xray | pneumoniamnist:/path/file.npz
+                       | imagefolder:/path | csv:/path/file.csv
+  --only NN[,NN]       run only these notebooks, e.g. --only 01,04,05
+  --losses A,B         losses for notebook 04 (default: the profile's 12 losses)
+  --seeds 0,1          seeds for notebook 04 (default: the profile's)
+  --force              ignore caches and finished runs; recompute everything
+  --fail-fast          stop at the first failing notebook (default: run all, summarise, exit 1)
+  --wait               queue behind another running ./run_all.sh instead of exiting
+  --dry-run            print the notebook plan and exit
+  -h, --help           this text
+
+Environment: PYTHON (interpreter used to create .venv, default python3),
+LOSSBENCH_RUNS_DIR, LOSSBENCH_DATA_DIR, LOSSBENCH_FIGURES_DIR (move the output folders).
+USAGE
+}
+
+mode=run
+args=()
+for a in "$@"; do
+  case "$a" in
+    -h|--help) usage; exit 0 ;;
+    --test) mode=test ;;
+    *) args+=("$a") ;;
+  esac
+done
+
+PY=${PYTHON:-python3}
+bootstrap() {
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    echo "run_all.sh: $PY is missing or older than Python 3.10; install Python >= 3.10 or set PYTHON=/path/to/python3" >&2
+    exit 2
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    echo "[bootstrap] creating .venv with $("$PY" --version)"
+    "$PY" -m venv .venv
+  fi
+  # Re-install only when the dependency list changed (fast when already done).
+  want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  have=$(cat .venv/.lossbench-installed 2>/dev/null || true)
+  if [ "$want" != "$have" ]; then
+    echo "[bootstrap] installing lossbench-cxr and its dependencies into .venv (first time: a few minutes)"
+    .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install --quiet -e ".[test]"
+    echo "$want" > .venv/.lossbench-installed
+  fi
+}
+
+bootstrap
+export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+if [ "$mode" = test ]; then
+  exec .venv/bin/python -m pytest "${args[@]+"${args[@]}"}"
+else
+  exec .venv/bin/python -m support.pipeline "${args[@]+"${args[@]}"}"
+fi

@@ -1,0 +1,163 @@
+"""``python -m support.pipeline``: what ``./run_all.sh`` runs after bootstrapping.
+
+Executes the numbered notebooks in order with papermill (executed copies under
+``runs/notebooks/``), ``04_train_one_loss`` once per loss and seed of the
+profile. A failing notebook does not stop the others: one summary at the end
+names each failure and its executed copy, and the exit code is non-zero.
+
+A lock file (``runs/.run_all.lock``) stops two pipelines from writing the same
+runs folder at once: the second exits at once with a message (or waits, with
+``--wait``).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from . import paths, profiles
+
+NOTEBOOKS_DIR = paths.PROJECT_ROOT / "notebooks"
+PER_LOSS = "04"
+
+
+@dataclass
+class Job:
+    notebook: Path
+    output: Path
+    parameters: dict = field(default_factory=dict)
+    error: Optional[str] = None
+    seconds: float = 0.0
+
+
+def notebooks(only: Optional[List[str]] = None) -> List[Path]:
+    """The numbered notebooks, optionally restricted to numbers in ``only`` (e.g. ["01", "04"])."""
+    found = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        numbers = {p.name[:2] for p in found}
+        unknown = sorted(set(only) - numbers)
+        if unknown:
+            raise SystemExit(f"--only: no notebook numbered {', '.join(unknown)}; "
+                             f"available: {', '.join(sorted(numbers))}")
+        found = [p for p in found if p.name[:2] in only]
+    return found
+
+
+def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=None) -> List[Job]:
+    """The papermill jobs for a profile, in order."""
+    p = profiles.get(profile)
+    out_dir = paths.runs_dir() / "notebooks"
+    common = {"profile": profile, "data": data, "force": force}
+    jobs = []
+    for nb in notebooks(only):
+        if nb.name.startswith(PER_LOSS):
+            for seed in (seeds or p["seeds"]):
+                for loss in (losses or p["losses"]):
+                    out = out_dir / f"{nb.stem}__{loss}__seed{seed}.ipynb"
+                    jobs.append(Job(nb, out, {**common, "loss": loss, "seed": int(seed)}))
+        else:
+            jobs.append(Job(nb, out_dir / nb.name, dict(common)))
+    return jobs
+
+
+def execute(job: Job, kernel: str = "python3") -> Job:
+    import papermill as pm
+
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(job.notebook), str(job.output), parameters=job.parameters, kernel_name=kernel,
+                            cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False)
+    except Exception as exc:  # noqa: BLE001 - report every notebook failure, keep going
+        job.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
+    job.seconds = time.perf_counter() - start
+    return job
+
+
+def acquire_lock(wait: bool):
+    """Hold ``runs/.run_all.lock`` for the life of the process."""
+    root = paths.runs_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    fh = open(root / ".run_all.lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        raise SystemExit(
+            f"another ./run_all.sh is already running on {root} ({holder}). Wait for it to finish, "
+            "or pass --wait to queue behind it, or set LOSSBENCH_RUNS_DIR to use another folder."
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    fh.flush()
+    return fh
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="run_all.sh", description="Run the lossbench-cxr notebooks in order.")
+    ap.add_argument("--profile", default="quick", choices=profiles.names(), help="parameter profile (default quick)")
+    ap.add_argument("--data", default="phantom", help="data source, e.g. phantom or kermany:/path/to/chest_xray")
+    ap.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,04,05")
+    ap.add_argument("--losses", default="", help="comma-separated losses for notebook 04 (default: the profile's)")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds for notebook 04 (default: the profile's)")
+    ap.add_argument("--force", action="store_true", help="ignore caches and finished runs; recompute everything")
+    ap.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
+    ap.add_argument("--wait", action="store_true", help="wait for another running pipeline instead of exiting")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    return ap.parse_args(argv)
+
+
+def _csv(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .data import parse_data_spec
+
+    name, params = parse_data_spec(args.data)
+    seeds = [int(s) for s in _csv(args.seeds)] or None
+    jobs = plan(args.profile, args.data, args.force, only=_csv(args.only) or None,
+                losses=_csv(args.losses) or None, seeds=seeds)
+    if args.dry_run:
+        for j in jobs:
+            print(j.notebook.name, j.parameters)
+        return 0
+    lock = acquire_lock(args.wait)
+    start = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    print(f"[run_all] profile={args.profile} data={args.data} ({name}) notebooks={len(jobs)} "
+          f"runs={paths.runs_dir()} figures={paths.figures_dir()}")
+    done: List[Job] = []
+    for job in tqdm(jobs, desc="notebooks", unit="nb"):
+        tag = job.output.stem
+        execute(job)
+        done.append(job)
+        status = "ok" if not job.error else f"FAILED ({job.error})"
+        tqdm.write(f"[run_all] {tag}: {status} in {job.seconds:.0f}s")
+        if job.error and args.fail_fast:
+            break
+    lock.close()
+    failed = [j for j in done if j.error]
+    total = time.perf_counter() - start
+    print("\n========== run_all summary ==========")
+    print(f"{len(done) - len(failed)} notebook runs succeeded, {len(failed)} failed, {total / 60:.1f} min")
+    for j in failed:
+        print(f"  FAILED {j.notebook.name} {j.parameters}: {j.error}\n         executed copy: {j.output}")
+    print(f"Executed notebooks: {paths.runs_dir() / 'notebooks'}")
+    print(f"Run folders:        {paths.runs_dir()}")
+    print(f"Report tables:      {paths.report_dir()}")
+    print(f"Figures:            {paths.figures_dir()}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

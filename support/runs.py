@@ -1,0 +1,152 @@
+"""Read finished run folders (``runs/<key>/``) for tables, ensembles and panels.
+
+Only folders with ``metrics.json`` are results. A folder that is unfinished is
+skipped; one whose files are unreadable, truncated, foreign or of another
+format version is *reported* (path and reason) and never silently mixed into
+a table. Re-train such a run with ``train_one(config, force=True)`` or delete
+the folder.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import pandas as pd
+
+from . import artifacts, paths
+
+
+@dataclass
+class Run:
+    """A finished run folder, read lazily."""
+
+    path: Path
+
+    @cached_property
+    def metrics(self) -> dict:
+        m = artifacts.read_json(self.path / "metrics.json")
+        if not isinstance(m, dict) or "format_version" not in m:
+            raise artifacts.ArtifactError(f"{self.path / 'metrics.json'} is not a lossbench metrics file")
+        if m["format_version"] != artifacts.RUN_FORMAT_VERSION:
+            raise artifacts.ArtifactError(
+                f"{self.path} has run format {m['format_version']}, this kit reads {artifacts.RUN_FORMAT_VERSION}; "
+                "re-train it with force=True (or ./run_all.sh --force)"
+            )
+        return m
+
+    @cached_property
+    def config(self) -> dict:
+        return artifacts.read_json(self.path / "config.json")
+
+    @cached_property
+    def log(self) -> pd.DataFrame:
+        try:
+            return pd.read_csv(self.path / "log.csv")
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise artifacts.ArtifactError(f"{self.path / 'log.csv'} unreadable ({exc})") from None
+
+    @cached_property
+    def predictions(self) -> dict:
+        p = artifacts.read_npz(self.path / "predictions.npz")
+        for split in ("val", "test"):
+            for part in ("probs", "labels", "ids"):
+                if f"{split}_{part}" not in p:
+                    raise artifacts.ArtifactError(f"{self.path / 'predictions.npz'} lacks {split}_{part}")
+        return p
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def loss(self) -> str:
+        return self.metrics["loss"]
+
+    @property
+    def seed(self) -> int:
+        return self.metrics["seed"]
+
+    @property
+    def label(self) -> str:
+        """Display name: the loss, plus parameters that differ from defaults."""
+        params = self.metrics.get("loss_params") or {}
+        extra = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+        return f"{self.loss}[{extra}]" if extra else self.loss
+
+    def probs(self, split: str = "test") -> np.ndarray:
+        return self.predictions[f"{split}_probs"]
+
+    def labels(self, split: str = "test") -> np.ndarray:
+        return self.predictions[f"{split}_labels"]
+
+    def check(self) -> "Run":
+        """Read every file once so that a broken run fails here, with its path."""
+        _ = self.metrics, self.config, self.log, self.predictions
+        if not (self.path / "best.pt").exists():
+            raise artifacts.ArtifactError(f"{self.path / 'best.pt'} is missing")
+        return self
+
+
+def find_runs(runs_dir=None, check: bool = True, **filters) -> List[Run]:
+    """Finished runs under ``runs_dir``, optionally filtered on metrics fields.
+
+    ``find_runs(loss="cce", arch="small_cnn")``. Broken runs are reported with
+    a warning naming the path and left out; ``find_runs.problems`` holds them.
+    """
+    root = Path(runs_dir) if runs_dir else paths.runs_dir()
+    found, problems = [], []
+    if root.exists():
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not (d / "metrics.json").exists():
+                continue  # unfinished: resumed by training, never read as a result
+            run = Run(d)
+            try:
+                if check:
+                    run.check()
+                else:
+                    _ = run.metrics
+            except artifacts.ArtifactError as exc:
+                problems.append((d, str(exc)))
+                continue
+            if all(_matches(run.metrics, k, v) for k, v in filters.items()):
+                found.append(run)
+    find_runs.problems = problems
+    for d, why in problems:
+        warnings.warn(f"skipping broken run {d}: {why}", stacklevel=2)
+    return found
+
+
+find_runs.problems = []
+
+
+def _matches(metrics: dict, key: str, want) -> bool:
+    value = metrics.get(key)
+    if key == "data" and isinstance(want, dict):
+        return all(value.get(k) == v for k, v in want.items())
+    if isinstance(want, (list, tuple, set)):
+        return value in want
+    return value == want
+
+
+def runs_table(runs: List[Run], split: str = "test") -> pd.DataFrame:
+    """One row per run: identity columns and every scalar metric of ``split``."""
+    rows = []
+    for r in runs:
+        m = r.metrics
+        row = {"key": r.key, "loss": r.label, "seed": r.seed, "arch": m["arch"], "data_source": m["data_source"],
+               "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"]}
+        row.update({k: v for k, v in (m.get(split) or {}).items() if isinstance(v, (int, float)) or v is None})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def single_source(runs: List[Run]) -> str:
+    """The data source shared by ``runs`` (for figure titles); an error if they differ."""
+    sources = sorted({r.metrics["data_source"] for r in runs})
+    if len(sources) > 1:
+        raise ValueError(f"runs come from different data sources {sources}; filter them first")
+    return sources[0] if sources else ""

@@ -1,0 +1,578 @@
+"""One training loop for every loss: ``train_one(config)`` and ``train_many(configs)``.
+
+``train_many`` trains several members (same data, seed and batch settings;
+different losses) in lockstep: each batch is prepared once and every member
+takes one optimiser step on it, so the members see the SAME batches in the SAME
+order (a paired design). ``train_one(config)`` is ``train_many([config])``;
+there is no second loop. Members whose data-order settings differ are trained
+in separate groups.
+
+Data path: the split's uint8 images go to the device once, are resized there
+once to ``image_size`` (antialiased bilinear) and stay uint8; each batch is
+scaled to [0, 1] (the paper's ``rescale=1/255``, no mean/std normalisation)
+and, if ``augment``, randomly affine-warped on the device. On CUDA: bf16
+autocast, channels_last, fused optimisers, optional ``torch.compile`` (falls
+back to eager when compilation fails), and no host synchronisation inside an
+epoch (losses are summed on the device and read once per epoch).
+
+Run folder ``runs/<key>/`` (contract, see ../shared/design.md): ``config.json``
+(written first), ``log.csv`` (one row per epoch), ``best.pt`` (state dict of
+the best epoch by the monitored validation metric), ``predictions.npz`` (val
+and test probabilities, labels, ids) and ``metrics.json`` (written LAST: its
+presence marks the run finished). ``last.pt`` holds the resume state after
+each epoch (model, optimiser, scheduler, early-stopping state, log) and is
+removed when the run finishes. Every file is written atomically.
+
+Reproducibility: the model is initialised from ``seed``; the batch order and
+augmentation of epoch ``e`` come from a generator seeded by ``(seed, e)``, so
+a run resumed after epoch ``e`` continues exactly as an uninterrupted one
+(on the CPU, where kernels are deterministic).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import fcntl
+import math
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import artifacts, losses, models, paths
+from .data import load as load_data
+from .data.core import resolve_params
+
+MONITORS = {"val_mcc": "max", "val_accuracy": "max", "val_loss": "min", "val_nll": "min"}
+OPTIMIZERS = ("sgd", "adamw", "adam")
+#: Fields of TrainConfig that choose how a run executes, not what it computes; not in the run key.
+EXECUTION_FIELDS = ("device", "compile", "amp")
+
+
+class TrainingError(RuntimeError):
+    """A run failed (NaN loss, bad configuration); finished results are untouched."""
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing this run folder."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults are the paper's protocol.
+
+    Paper (Rajaraman et al. 2021, code): SGD lr 1e-4, momentum 0.9, Nesterov;
+    batch 16; <= 64 epochs; early stopping with patience 5 (the paper monitored
+    val accuracy; our default is val MCC, which is robust to class imbalance);
+    ReduceLROnPlateau(factor 0.5, patience 5, min_lr 1e-5); balanced class
+    weights; no augmentation; 512x512 input. Profiles override these.
+    """
+
+    data: dict = field(default_factory=lambda: {"name": "phantom"})  # support.data.load(**data)
+    arch: str = "efficientnet_b0"
+    head: str = "paper"
+    loss: str = "cce"
+    loss_params: dict = field(default_factory=dict)
+    image_size: int = 512
+    batch_size: int = 16
+    optimizer: str = "sgd"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    max_epochs: int = 64
+    patience: int = 5
+    monitor: str = "val_mcc"
+    lr_plateau: bool = True
+    class_weights: bool = True
+    augment: bool = False
+    seed: int = 0
+    # execution settings (not part of the run key)
+    device: str = "auto"
+    compile: bool = False
+    amp: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def from_profile(cls, profile: str, **overrides) -> "TrainConfig":
+        """Config from a profile's ``train``/``data`` settings plus explicit overrides."""
+        from . import profiles
+
+        p = profiles.get(profile)
+        settings = dict(p["train"], data=p["data"])
+        settings.update(overrides)
+        return cls(**settings)
+
+    def validate(self) -> None:
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(msg)
+
+        for name in ("image_size", "batch_size", "max_epochs", "patience", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"TrainConfig.{name} must be an int, got {type(v).__name__} {v!r}")
+        need(self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2 (BatchNorm needs 2 samples)")
+        need(self.max_epochs >= 1, f"max_epochs={self.max_epochs} must be >= 1")
+        need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        need(self.monitor in MONITORS, f"unknown monitor {self.monitor!r}; valid: {', '.join(MONITORS)}")
+        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        need(isinstance(self.data, dict) and "name" in self.data,
+             f"data must be a dict with a 'name' (e.g. {{'name': 'phantom'}}), got {self.data!r}")
+        need(isinstance(self.loss_params, dict), f"loss_params must be a dict, got {self.loss_params!r}")
+        models.ARCHS.get(self.arch)        # unknown arch -> ValueError listing the valid ones
+        losses.build(self.loss, **self.loss_params)  # unknown loss / bad params fail here, not mid-run
+        models.check_input_size(self.arch, self.image_size)
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise ValueError(f"device={self.device!r}: use 'auto', 'cpu' or 'cuda[:N]'")
+
+    # -------------------------------------------------------------- identity
+    def experiment(self) -> dict:
+        """The fields that define the result (the run key's input), data params resolved."""
+        d = dataclasses.asdict(self)
+        for f in EXECUTION_FIELDS:
+            d.pop(f)
+        data = dict(self.data)
+        name = data.pop("name")
+        _, resolved = resolve_params(name, data)
+        d["data"] = {"name": name, **resolved}
+        d["format_version"] = artifacts.RUN_FORMAT_VERSION
+        return d
+
+    def key(self) -> str:
+        """Short hash of :meth:`experiment`. Execution settings (device, compile, amp) are
+        deliberately excluded: a CPU and a GPU run of one config share a folder."""
+        return artifacts.config_key(self.experiment())
+
+    def order_key(self) -> str:
+        """Members with equal order keys can be trained in lockstep on the same batches."""
+        e = self.experiment()
+        return artifacts.config_key({k: e[k] for k in ("data", "seed", "batch_size", "image_size", "augment")}
+                                    | {"exec": [getattr(self, f) for f in EXECUTION_FIELDS]})
+
+
+# ----------------------------------------------------------------------------- helpers
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(
+            f"device={device!r} was requested but no CUDA GPU is visible (torch {torch.__version__}, "
+            f"cuda available: False). Use device='auto' or 'cpu'"
+        )
+    return torch.device(device)
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / "metrics.json").exists()
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=paths.PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Exclusive, non-blocking lock on a run folder (released when the process dies)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise RunLocked(f"{run_dir} is being written by another process; wait for it or stop it") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """scikit-learn's 'balanced' weights n / (K * n_c) (the paper's class_weight)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = labels.cpu().numpy()
+    present = np.unique(y)
+    if len(present) < num_classes:
+        missing = sorted(set(range(num_classes)) - set(present.tolist()))
+        raise TrainingError(f"train split has no sample of class index(es) {missing}; "
+                            "every class needs training data (check the data source or split)")
+    return torch.tensor(compute_class_weight("balanced", classes=np.arange(num_classes), y=y), dtype=torch.float32)
+
+
+def to_device_images(images: torch.Tensor, size: int, device: torch.device, chunk: int = 512) -> torch.Tensor:
+    """uint8 [N,H,W] -> uint8 [N,size,size] on ``device``, resized there (antialiased bilinear)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images.to(device)
+    out = torch.empty((len(images), size, size), dtype=torch.uint8, device=device)
+    for s in range(0, len(images), chunk):
+        x = images[s:s + chunk].to(device).unsqueeze(1).float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[s:s + chunk] = x.round_().clamp_(0, 255).squeeze(1).to(torch.uint8)
+    return out
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Small random affine warps on the device: rotation ±5°, shift ±5 %, scale 0.95–1.05.
+
+    No flips (a chest film is not left-right symmetric). Parameters come from
+    ``generator`` (CPU), so augmentation is reproducible per (seed, epoch).
+    """
+    b = x.shape[0]
+    r = torch.rand((b, 4), generator=generator)
+    angle = (r[:, 0] * 2 - 1) * math.radians(5)
+    scale = 0.95 + 0.1 * r[:, 1]
+    shift = (r[:, 2:] * 2 - 1) * 0.1  # affine_grid units: 2 = full image, so 0.1 = 5 %
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def prepare_batch(images_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    x = images_u8.unsqueeze(1).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, images_u8: torch.Tensor, batch_size: int = 256,
+                  amp: bool = False) -> torch.Tensor:
+    """Softmax probabilities [N, K] (float32, on the images' device) for uint8 images [N,H,W]."""
+    model.eval()
+    channels_last = images_u8.is_cuda
+    outs = []
+    for s in range(0, len(images_u8), batch_size):
+        x = prepare_batch(images_u8[s:s + batch_size], channels_last)
+        with torch.autocast(images_u8.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        outs.append(torch.softmax(logits.float(), dim=1))
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def _val_scores(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict[str, float]:
+    """Cheap per-epoch validation scores: accuracy, MCC (from the confusion matrix), NLL."""
+    pred = probs.argmax(1)
+    cm = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    cm = cm.double().cpu().numpy()
+    n = cm.sum()
+    correct = np.trace(cm)
+    t, p = cm.sum(1), cm.sum(0)
+    denom = math.sqrt(max(n ** 2 - (p ** 2).sum(), 0.0) * max(n ** 2 - (t ** 2).sum(), 0.0))
+    mcc = float((correct * n - (t * p).sum()) / denom) if denom > 0 else 0.0
+    nll = float(-torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).mean())
+    return {"val_accuracy": float(correct / n), "val_mcc": mcc, "val_nll": nll}
+
+
+# ----------------------------------------------------------------------------- members
+class _Member:
+    """One model being trained: its config, model, optimiser, scheduler and state."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, num_classes: int,
+                 class_weight: Optional[torch.Tensor]):
+        self.config, self.run_dir, self.device = config, run_dir, device
+        torch.manual_seed(config.seed)  # initialisation depends on the seed alone
+        self.model = models.build(config.arch, num_classes, in_chans=1, head=config.head).to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        params = dict(config.loss_params)
+        if class_weight is not None and config.class_weights and losses.family(config.loss) == "classification":
+            params["class_weight"] = class_weight.to(device)
+        self.loss_fn = losses.build(config.loss, **params).to(device)
+        fused = {"fused": True} if device.type == "cuda" else {}
+        if config.optimizer == "sgd":
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                       nesterov=config.momentum > 0, weight_decay=config.weight_decay, **fused)
+        else:
+            cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+            self.opt = cls(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
+        mode = MONITORS[config.monitor]
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=mode, factor=0.5, patience=5,
+                                                                min_lr=1e-5) if config.lr_plateau else None
+        self.mode = mode
+        self.forward = self.model
+        if config.compile:
+            self.forward = _compiled(self.model)
+        self.stochastic = any(isinstance(m, (torch.nn.Dropout,)) or type(m).__name__ == "StochasticDepth"
+                              for m in self.model.modules())
+        self.next_epoch = 0
+        self.best_score = -math.inf if mode == "max" else math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.log: List[dict] = []
+        self.active = True
+        self.error: Optional[str] = None
+        self.loss_sum = torch.zeros((), device=device)
+        self.seen = 0
+        self.train_seconds = 0.0
+
+    def improved(self, score: float) -> bool:
+        return score > self.best_score if self.mode == "max" else score < self.best_score
+
+    # resume state ---------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict() if self.sched else {},
+                "next_epoch": self.next_epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "active": self.active, "train_seconds": self.train_seconds,
+                "log": pd.DataFrame(self.log).to_json(orient="split") if self.log else ""}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        if self.sched and state["sched"]:
+            self.sched.load_state_dict(state["sched"])
+        for k in ("next_epoch", "best_score", "best_epoch", "bad_epochs", "active", "train_seconds"):
+            setattr(self, k, state[k])
+        if state["log"]:
+            from io import StringIO
+            self.log = pd.read_json(StringIO(state["log"]), orient="split").to_dict("records")
+
+
+def _compiled(model):
+    """``torch.compile`` with a safe fallback to eager on failure (first call)."""
+    try:
+        compiled = torch.compile(model)
+    except Exception as exc:  # noqa: BLE001 - any backend failure means: run eager
+        print(f"[train] torch.compile unavailable ({type(exc).__name__}); running eager")
+        return model
+    state = {"fn": compiled}
+
+    def forward(x):
+        try:
+            return state["fn"](x)
+        except Exception as exc:  # noqa: BLE001
+            if state["fn"] is model:
+                raise
+            print(f"[train] torch.compile failed at first call ({type(exc).__name__}: {str(exc)[:120]}); eager")
+            state["fn"] = model
+            return model(x)
+
+    return forward
+
+
+# ----------------------------------------------------------------------------- public API
+def run_dir_for(config: TrainConfig, runs_dir=None) -> Path:
+    return paths.inside(Path(runs_dir) if runs_dir else paths.runs_dir(), config.key())
+
+
+def train_one(config: TrainConfig, runs_dir=None, force: bool = False, progress: bool = True,
+              data=None) -> Path:
+    """Train one model (or return its folder if already finished) and return ``runs/<key>``.
+
+    ``force=True`` retrains into a staging folder and replaces the finished
+    one only when the new run has finished. Raises :class:`TrainingError`
+    when the run fails (NaN loss, ...), leaving earlier results untouched.
+    """
+    return train_many([config], runs_dir=runs_dir, force=force, progress=progress, data=data)[0]
+
+
+def train_many(configs: Sequence[TrainConfig], runs_dir=None, force: bool = False, progress: bool = True,
+               data=None) -> List[Path]:
+    """Train several configs; members that share data order are trained in lockstep.
+
+    Returns the run folders in the order of ``configs``. A member that fails
+    (e.g. NaN loss) is stopped with a message while the others go on; after
+    all groups ran, a :class:`TrainingError` lists the failures.
+    """
+    configs = list(configs)
+    if not configs:
+        return []
+    for c in configs:
+        if not isinstance(c, TrainConfig):
+            raise TypeError(f"train_many takes TrainConfig objects, got {type(c).__name__}")
+    root = Path(runs_dir) if runs_dir else paths.runs_dir()
+    dirs = [run_dir_for(c, root) for c in configs]
+    groups: Dict[str, List[int]] = {}
+    for i, (c, d) in enumerate(zip(configs, dirs)):
+        if is_finished(d) and not force:
+            continue
+        if dirs.index(d) != i:  # the same experiment twice in one call: train it once
+            continue
+        groups.setdefault(c.order_key(), []).append(i)
+    errors = []
+    for idx in groups.values():
+        errors += _train_group([configs[i] for i in idx], [dirs[i] for i in idx], force, progress, data)
+    if errors:
+        raise TrainingError("; ".join(errors))
+    return dirs
+
+
+def _train_group(configs, dirs, force, progress, data) -> List[str]:
+    first = configs[0]
+    device = resolve_device(first.device)
+    bundle = data if data is not None else load_data(**first.data, verbose=progress)
+    k = bundle.num_classes
+    tr, va, te = (bundle.splits[s] for s in ("train", "val", "test"))
+    for name, split in (("train", tr), ("val", va)):
+        if len(split) == 0:
+            raise TrainingError(f"{name} split of {bundle.source or first.data} is empty; "
+                                "a run needs train and val images")
+    size = first.image_size
+    x_train = to_device_images(tr.images, size, device)
+    y_train = tr.labels.to(device)
+    x_val, y_val = to_device_images(va.images, size, device), va.labels.to(device)
+    weights = balanced_class_weights(tr.labels, k) if any(c.class_weights for c in configs) else None
+    amp = first.amp and device.type == "cuda"
+
+    members, stack = [], contextlib.ExitStack()
+    with stack:
+        for c, d in zip(configs, dirs):
+            work = d if not force else d.parent / f".staging-{d.name}-{os.getpid()}"
+            stack.enter_context(run_lock(d))
+            if force and work.exists():
+                shutil.rmtree(work)
+            m = _Member(c, work, device, k, weights)
+            m.final_dir = d
+            if not force and (work / "last.pt").exists():
+                try:
+                    m.restore(artifacts.load_state(work / "last.pt", map_location=device))
+                    print(f"[train] resuming {c.loss} (seed {c.seed}) at epoch {m.next_epoch} from {work / 'last.pt'}")
+                except artifacts.ArtifactError as exc:
+                    print(f"[train] cannot resume ({exc}); starting {work} from scratch")
+            info = {"config": dataclasses.asdict(c), "experiment": c.experiment(), "key": c.key(),
+                    "git_sha": git_sha(), "torch": torch.__version__, "device": str(device),
+                    "data_source": bundle.source, "classes": list(bundle.classes)}
+            artifacts.write_json(work / "config.json", info)
+            members.append(m)
+
+        max_epochs = max(c.max_epochs for c in configs)
+        start = min(m.next_epoch for m in members if m.active) if any(m.active for m in members) else max_epochs
+        label = ", ".join(c.loss for c in configs)
+        bar = tqdm(range(start, max_epochs), desc=f"{label} (seed {first.seed})", disable=not progress,
+                   leave=True, unit="epoch")
+        n = len(y_train)
+        for epoch in bar:
+            todo = [m for m in members if m.active and m.next_epoch == epoch and epoch < m.config.max_epochs]
+            if not todo:
+                continue
+            gen = torch.Generator().manual_seed(first.seed * 1_000_003 + epoch)
+            perm = torch.randperm(n, generator=gen)
+            t0 = time.perf_counter()
+            for m in todo:
+                m.model.train()
+                m.loss_sum.zero_()
+                m.seen = 0
+            batches = [perm[s:s + first.batch_size] for s in range(0, n, first.batch_size)]
+            if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one sample
+                batches = batches[:-1]
+            for step, idx in enumerate(batches):
+                idx = idx.to(device)
+                x = prepare_batch(x_train[idx], device.type == "cuda")
+                if first.augment:
+                    x = augment_batch(x, gen)
+                y = y_train[idx]
+                for m in todo:
+                    if m.stochastic:
+                        torch.manual_seed(m.config.seed * 7919 + epoch * 100_003 + step)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        logits = m.forward(x)
+                    loss = m.loss_fn(logits.float(), y)
+                    m.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    m.opt.step()
+                    m.loss_sum += loss.detach() * len(idx)
+                    m.seen += len(idx)
+            elapsed = (time.perf_counter() - t0) / max(len(todo), 1)
+            for m in todo:
+                m.train_seconds += elapsed
+                _end_epoch(m, epoch, x_val, y_val, k, amp, elapsed)
+            shown = todo[0].log[-1] if todo[0].log else {}
+            bar.set_postfix(loss=f"{shown.get('train_loss', float('nan')):.3f}",
+                            val_mcc=f"{shown.get('val_mcc', float('nan')):.3f}",
+                            active=sum(m.active for m in members))
+        bar.close()
+        errors = []
+        for m in members:
+            if m.error:
+                errors.append(m.error)
+                continue
+            _finish(m, bundle, size, device, amp, force)
+    return errors
+
+
+def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds: float) -> None:
+    train_loss = float(m.loss_sum) / max(m.seen, 1)  # the one host sync of the epoch
+    if not math.isfinite(train_loss):
+        m.active = False
+        m.error = (f"{m.config.loss} (seed {m.config.seed}): training loss became {train_loss} in epoch {epoch}; "
+                   f"run stopped, its folder {m.run_dir} keeps the last good checkpoint. "
+                   "Lower the learning rate or check the loss parameters")
+        artifacts.write_json(m.run_dir / "error.json", {"error": m.error, "epoch": epoch})
+        print(f"[train] {m.error}")
+        return
+    probs = predict_probs(m.model, x_val, amp=amp)
+    scores = _val_scores(probs, y_val, k)
+    with torch.no_grad():
+        logits = torch.log(probs.clamp_min(1e-12))  # log-probabilities act as logits for the loss
+        scores["val_loss"] = float(m.loss_fn(logits, y_val)) if losses.family(m.config.loss) == "classification" else float("nan")
+    score = scores[m.config.monitor]
+    row = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": m.opt.param_groups[0]["lr"],
+           "seconds": seconds}
+    m.log.append(row)
+    if m.improved(score):
+        m.best_score, m.best_epoch, m.bad_epochs = score, epoch, 0
+        artifacts.save_state(m.run_dir / "best.pt", m.model.state_dict())
+    else:
+        m.bad_epochs += 1
+    if m.sched:
+        m.sched.step(score)
+    m.next_epoch = epoch + 1
+    if m.bad_epochs >= m.config.patience or m.next_epoch >= m.config.max_epochs:
+        m.active = False
+    artifacts.write_text(m.run_dir / "log.csv", pd.DataFrame(m.log).to_csv(index=False))
+    artifacts.save_state(m.run_dir / "last.pt", m.state())
+
+
+def _finish(m: _Member, bundle, size: int, device, amp: bool, force: bool) -> None:
+    """Best weights -> predictions.npz and metrics.json (last), then publish the folder."""
+    from . import metrics as metrics_mod
+
+    m.model.load_state_dict(artifacts.load_state(m.run_dir / "best.pt", map_location=device))
+    arrays, report = {"classes": np.array(bundle.classes)}, {}
+    for split in ("val", "test"):
+        s = bundle.splits[split]
+        probs = predict_probs(m.model, to_device_images(s.images, size, device), amp=amp).cpu().numpy()
+        arrays.update({f"{split}_probs": probs.astype(np.float32), f"{split}_labels": s.labels.numpy(),
+                       f"{split}_ids": np.array(s.ids, dtype=str)})
+        if len(s):
+            report[split] = metrics_mod.classification_metrics(s.labels.numpy(), probs, bundle.classes)
+    artifacts.write_npz(m.run_dir / "predictions.npz", **arrays)
+    c = m.config
+    epochs_run = len(m.log)
+    summary = {
+        "format_version": artifacts.RUN_FORMAT_VERSION, "key": c.key(), "loss": c.loss,
+        "loss_params": c.loss_params, "arch": c.arch, "seed": c.seed, "data_source": bundle.source,
+        "data": c.experiment()["data"], "classes": list(bundle.classes), "best_epoch": m.best_epoch,
+        "epochs_run": epochs_run, "stopped_early": epochs_run < c.max_epochs, "monitor": c.monitor,
+        "best_val_score": m.best_score, "train_seconds": m.train_seconds,
+        "train_images_per_second": len(bundle.splits["train"]) * epochs_run / max(m.train_seconds, 1e-9),
+        "device": str(device), **report,
+    }
+    (m.run_dir / "last.pt").unlink(missing_ok=True)
+    artifacts.write_json(m.run_dir / "metrics.json", summary)  # written last: marks the run finished
+    if m.run_dir != m.final_dir:  # force: swap the staging folder in only now
+        old = m.final_dir.parent / f".old-{m.final_dir.name}-{os.getpid()}"
+        lock = m.final_dir / ".lock"
+        if m.final_dir.exists():
+            os.replace(m.final_dir, old)
+        os.replace(m.run_dir, m.final_dir)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        lock.touch()
