@@ -1,0 +1,71 @@
+"""Packaging and repository hygiene: dependency lists agree, notebooks are clean and parameterised."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject_deps():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = data["project"]
+    return project["dependencies"] + project["optional-dependencies"]["test"]
+
+
+def _env_deps():
+    import yaml
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    return [d for d in pip if not d.startswith("-e")]
+
+
+def _norm(req: str) -> str:
+    return re.sub(r"\s+", "", req).lower()
+
+
+def test_environment_yml_matches_pyproject():
+    assert sorted(map(_norm, _env_deps())) == sorted(map(_norm, _pyproject_deps()))
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_stripped_and_has_one_parameters_cell(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert not any(c.get("outputs") for c in code), f"{path.name} has stored outputs; strip them"
+    assert not any(c.get("execution_count") for c in code), f"{path.name} has execution counts; strip them"
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} must have exactly one cell tagged 'parameters', has {len(tagged)}"
+    assert "profile" in "".join(tagged[0]["source"]), f"{path.name}: the parameters cell must define `profile`"
+
+
+def test_notebooks_are_numbered_uniquely():
+    numbers = [p.name[:2] for p in NOTEBOOKS if p.name[:2].isdigit()]
+    assert len(numbers) == len(set(numbers))
+
+
+def test_run_all_help_documents_every_flag():
+    out = subprocess.run([str(ROOT / "run_all.sh"), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    for flag in ("--test", "--profile", "--data", "--only", "--force"):
+        assert flag in out.stdout
+
+
+def test_no_import_side_effects(tmp_path, monkeypatch):
+    """Importing the package creates no folder and seeds nothing."""
+    monkeypatch.setenv("LOSSBENCH_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("LOSSBENCH_DATA_DIR", str(tmp_path / "data"))
+    code = "import support, support.data, support.losses, support.models, support.training, support.runs"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**__import__("os").environ})
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()

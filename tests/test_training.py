@@ -1,0 +1,197 @@
+"""The training engine: one loop for every loss, caching, resume, determinism, failures."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from support import artifacts, losses, models, runs, training
+from support.data import load
+
+TINY = {"name": "phantom", "n": 240, "image_size": 64}
+
+
+def tiny_config(**kw):
+    base = dict(data=TINY, arch="small_cnn", image_size=32, batch_size=32, max_epochs=3, patience=3,
+                optimizer="adamw", lr=3e-3, device="cpu")
+    base.update(kw)
+    return training.TrainConfig(**base)
+
+
+@pytest.fixture
+def tiny_data(isolated_dirs):
+    return load(**TINY, verbose=False)
+
+
+# ----------------------------------------------------------------------------- models
+@pytest.mark.parametrize("arch", models.names())
+def test_every_arch_has_dcl_and_right_shapes(arch):
+    net = models.build(arch, 3)
+    x = torch.zeros(2, 1, 64, 64)
+    assert net(x).shape == (2, 3)
+    assert isinstance(net.dcl, torch.nn.Conv2d) and net.dcl.out_channels == 512
+    assert net.feature_map(x).shape[-1] == 4  # stride 16
+    assert models.build(arch, 2, head="linear")(x).shape == (2, 2)
+
+
+def test_model_weights_roundtrip_and_foreign_file(tmp_path):
+    a = models.build("small_cnn", 3)
+    artifacts.save_state(tmp_path / "w.pt", a.state_dict())
+    b = models.build("small_cnn", 3, weights=tmp_path / "w.pt")
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    with pytest.raises(artifacts.ArtifactError, match="does not match architecture"):
+        models.build("nodule_cnn", 3, weights=tmp_path / "w.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(artifacts.ArtifactError, match="bad.pt"):
+        models.build("small_cnn", 3, weights=tmp_path / "bad.pt")
+
+
+def test_torchvision_backbone_weights_load_into_trunk(tmp_path):
+    import torchvision
+
+    rgb = torchvision.models.resnet18(weights=None)
+    artifacts.save_state(tmp_path / "r18.pt", rgb.state_dict())
+    net = models.build("resnet18", 3, weights=tmp_path / "r18.pt")
+    assert torch.allclose(net.trunk.body[0].weight, rgb.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(net.trunk.body[4][0].conv1.weight, rgb.layer1[0].conv1.weight)
+
+
+# ----------------------------------------------------------------------------- config
+def test_bad_configs_fail_before_training():
+    with pytest.raises(ValueError, match="unknown architecture 'resnet19'"):
+        tiny_config(arch="resnet19")
+    with pytest.raises(ValueError, match="nope"):
+        tiny_config(loss="nope")
+    with pytest.raises(ValueError, match="too small"):
+        tiny_config(image_size=16)
+    with pytest.raises(TypeError, match="batch_size"):
+        tiny_config(batch_size="32")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_requested_without_gpu(tiny_data):
+    with pytest.raises(training.TrainingError, match="no CUDA GPU"):
+        training.train_one(tiny_config(device="cuda"), data=tiny_data, progress=False)
+
+
+def test_run_key_ignores_execution_settings_and_resolves_defaults():
+    a = tiny_config()
+    assert a.key() == tiny_config(device="auto", compile=True).key()
+    assert a.key() != tiny_config(seed=1).key()
+    assert tiny_config(data={**TINY, "seed": 0}).key() == a.key()  # default filled in
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.slow
+def test_short_run_beats_chance_and_writes_the_run_folder(isolated_dirs):
+    cfg = tiny_config(max_epochs=8, patience=8, image_size=64, data={**TINY, "n": 600})
+    d = training.train_one(cfg, progress=False)
+    for f in ("config.json", "metrics.json", "log.csv", "predictions.npz", "best.pt"):
+        assert (d / f).exists(), f
+    assert not (d / "last.pt").exists()
+    run = runs.Run(d).check()
+    assert run.metrics["test"]["accuracy"] > 0.55  # chance is ~0.38 for the majority class
+    assert run.probs("test").shape == (len(run.labels("test")), 3)
+    np.testing.assert_allclose(run.probs("val").sum(1), 1, atol=1e-5)
+    state = artifacts.load_state(d / "best.pt")
+    models.build("small_cnn", 3).load_state_dict(state)
+
+
+@pytest.mark.slow
+def test_determinism_same_seed_same_metrics(isolated_dirs, tiny_data):
+    a = training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "a")
+    b = training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "b")
+    np.testing.assert_array_equal(runs.Run(a).probs("test"), runs.Run(b).probs("test"))
+    c = training.train_one(tiny_config(seed=1), data=tiny_data, progress=False, runs_dir=isolated_dirs / "c")
+    assert not np.array_equal(runs.Run(a).probs("test"), runs.Run(c).probs("test"))
+
+
+@pytest.mark.slow
+def test_finished_run_is_skipped(isolated_dirs, tiny_data, monkeypatch):
+    d = training.train_one(tiny_config(), data=tiny_data, progress=False)
+    before = (d / "metrics.json").stat().st_mtime_ns
+    monkeypatch.setattr(training, "_train_group", lambda *a, **k: pytest.fail("retrained a finished run"))
+    assert training.train_one(tiny_config(), data=tiny_data, progress=False) == d
+    assert (d / "metrics.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_resume_after_interrupt_equals_uninterrupted(isolated_dirs, tiny_data, monkeypatch):
+    full = training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "full")
+    # Interrupt after epoch 1: make the end of epoch 1 raise, as a kill would stop the process.
+    real = training._end_epoch
+
+    def stop_after_first(m, epoch, *a, **k):
+        real(m, epoch, *a, **k)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_end_epoch", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "cut")
+    cut = isolated_dirs / "cut" / tiny_config().key()
+    assert (cut / "last.pt").exists() and not (cut / "metrics.json").exists()
+    assert runs.find_runs(isolated_dirs / "cut") == []  # unfinished is never a result
+    monkeypatch.setattr(training, "_end_epoch", real)
+    resumed = training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "cut")
+    np.testing.assert_array_equal(runs.Run(full).probs("test"), runs.Run(resumed).probs("test"))
+    assert list(runs.Run(resumed).log["epoch"]) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_train_many_equals_sequential_train_one(isolated_dirs, tiny_data):
+    cfgs = [tiny_config(loss=l) for l in ("cce", "focal", "cal_cce")]
+    many = training.train_many(cfgs, data=tiny_data, progress=False, runs_dir=isolated_dirs / "many")
+    for cfg, d in zip(cfgs, many):
+        one = training.train_one(cfg, data=tiny_data, progress=False, runs_dir=isolated_dirs / "one")
+        np.testing.assert_allclose(runs.Run(d).probs("test"), runs.Run(one).probs("test"), atol=1e-6)
+        assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_that_run_only_and_keeps_finished_results(isolated_dirs, tiny_data):
+    good = training.train_one(tiny_config(), data=tiny_data, progress=False)
+    good_metrics = (good / "metrics.json").read_bytes()
+    bad = tiny_config(lr=1e30, loss="focal", optimizer="sgd", lr_plateau=False)
+    with pytest.raises(training.TrainingError, match="training loss became"):
+        training.train_many([bad, tiny_config(loss="hinge")], data=tiny_data, progress=False)
+    assert (training.run_dir_for(tiny_config(loss="hinge")) / "metrics.json").exists()  # the other went on
+    assert not (training.run_dir_for(bad) / "metrics.json").exists()
+    # A failing forced re-run never overwrites a finished result.
+    with pytest.raises(training.TrainingError):
+        training.train_many([tiny_config(lr=1e30, optimizer="sgd", lr_plateau=False)], data=tiny_data,
+                            progress=False, force=True)
+    assert (good / "metrics.json").read_bytes() == good_metrics
+
+
+@pytest.mark.slow
+def test_force_replaces_a_finished_run_atomically(isolated_dirs, tiny_data):
+    d = training.train_one(tiny_config(), data=tiny_data, progress=False)
+    (d / "metrics.json").write_text("{broken")
+    assert runs.find_runs() == [] and runs.find_runs.problems  # reported, not mixed in
+    d2 = training.train_one(tiny_config(), data=tiny_data, progress=False, force=True)
+    assert d2 == d and runs.Run(d).check().metrics["loss"] == "cce"
+    assert not any(p.name.startswith((".staging", ".old")) for p in d.parent.iterdir())
+
+
+def test_run_lock_blocks_a_second_writer(tmp_path):
+    with training.run_lock(tmp_path / "r"):
+        with pytest.raises(training.RunLocked, match="another process"):
+            with training.run_lock(tmp_path / "r"):
+                pass
+
+
+def test_balanced_class_weights_match_the_paper():
+    # Paper train subset: 2285 bacterial, 1215 normal, 1211 viral -> {0.687, 1.292, 1.297} (class order N, B, V).
+    y = torch.tensor([0] * 1215 + [1] * 2285 + [2] * 1211)
+    w = training.balanced_class_weights(y, 3)
+    np.testing.assert_allclose(w.numpy(), [1.2924554, 0.6872356, 1.2967245], rtol=1e-6)
+
+
+def test_augment_is_reproducible_and_small():
+    x = torch.rand(4, 1, 32, 32)
+    a = training.augment_batch(x, torch.Generator().manual_seed(0))
+    b = training.augment_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert (a - x).abs().mean() < 0.3
