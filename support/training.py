@@ -80,6 +80,7 @@ class TrainConfig:
 
     data: dict = field(default_factory=lambda: {"name": "phantom"})  # support.data.load(**data)
     arch: str = "efficientnet_b0"
+    arch_params: dict = field(default_factory=dict)  # extra arguments of the architecture factory
     head: str = "paper"
     loss: str = "cce"
     loss_params: dict = field(default_factory=dict)
@@ -288,7 +289,8 @@ class _Member:
                  class_weight: Optional[torch.Tensor]):
         self.config, self.run_dir, self.device = config, run_dir, device
         torch.manual_seed(config.seed)  # initialisation depends on the seed alone
-        self.model = models.build(config.arch, num_classes, in_chans=1, head=config.head).to(device)
+        self.model = models.build(config.arch, num_classes, in_chans=1, head=config.head,
+                                  **config.arch_params).to(device)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         params = dict(config.loss_params)
@@ -296,12 +298,13 @@ class _Member:
             params["class_weight"] = class_weight.to(device)
         self.loss_fn = losses.build(config.loss, **params).to(device)
         fused = {"fused": True} if device.type == "cuda" else {}
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # frozen members stay frozen
         if config.optimizer == "sgd":
-            self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+            self.opt = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
                                        nesterov=config.momentum > 0, weight_decay=config.weight_decay, **fused)
         else:
             cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-            self.opt = cls(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
+            self.opt = cls(trainable, lr=config.lr, weight_decay=config.weight_decay, **fused)
         mode = MONITORS[config.monitor]
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=mode, factor=0.5, patience=5,
                                                                 min_lr=1e-5) if config.lr_plateau else None

@@ -7,7 +7,8 @@ stride 16, then a head. The ``paper`` head follows Rajaraman et al. 2021
     trunk (stride 16) -> Conv 3x3, 512, ReLU  (``model.dcl``, the deepest conv layer)
                       -> global average pool -> Linear(num_classes)
 
-The ``linear`` head skips the extra conv (``model.dcl`` is then the trunk's
+The ``merge`` head is the paper's model-level ensemble head: Conv 1x1, 512,
+ReLU (``model.dcl``) -> GAP -> Linear. The ``linear`` head skips the extra conv (``model.dcl`` is then the trunk's
 last conv layer). ``model.dcl`` is what Grad-CAM and the model-level ensembles
 hook into.
 
@@ -30,7 +31,7 @@ from .. import artifacts
 from ..registry import Registry
 
 ARCHS: Registry[Callable[[int], "Trunk"]] = Registry("architecture")
-HEADS = ("paper", "linear")
+HEADS = ("paper", "merge", "linear")
 #: Smallest input side each architecture accepts (stride 16 -> at least 2x2 features).
 MIN_SIZE = 32
 
@@ -63,8 +64,9 @@ class Classifier(nn.Module):
             raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
         self.trunk = trunk
         self.head_kind = head
-        if head == "paper":
-            self.dcl = nn.Conv2d(trunk.out_channels, dcl_channels, kernel_size=3, padding=1)
+        if head in ("paper", "merge"):
+            kernel = 3 if head == "paper" else 1
+            self.dcl = nn.Conv2d(trunk.out_channels, dcl_channels, kernel_size=kernel, padding=kernel // 2)
             self.act = nn.ReLU(inplace=False)
             width = dcl_channels
         else:
@@ -78,7 +80,7 @@ class Classifier(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         z = self.trunk(x)
-        return self.act(self.dcl(z)) if self.head_kind == "paper" else z
+        return z if self.head_kind == "linear" else self.act(self.dcl(z))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.feature_map(x)).flatten(1)
@@ -197,18 +199,20 @@ def names():
 
 
 def build(arch: str, num_classes: int, in_chans: int = 1, head: str = "paper", weights=None,
-          dcl_channels: int = 512) -> Classifier:
+          dcl_channels: int = 512, **arch_params) -> Classifier:
     """Build a :class:`Classifier` (contract: ``.dcl`` is the deepest conv layer).
 
     ``weights``: path of a local state dict, either of a whole ``Classifier``
     (saved by this kit) or of the torchvision backbone (keys like
     ``layer1.0.conv1.weight``); a 3-channel first conv is summed to 1 channel.
+    ``arch_params`` go to the architecture's factory (e.g. the member runs of a
+    model-level ensemble, see :mod:`support.ensembles`).
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
-    trunk = ARCHS.get(arch)(in_chans)
+    trunk = ARCHS.get(arch)(in_chans, **arch_params)
     model = Classifier(trunk, num_classes, head=head, dcl_channels=dcl_channels)
     model.arch = arch
     if weights is not None:
