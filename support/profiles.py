@@ -75,6 +75,4 @@ def data_config(profile: str, spec: str = "phantom") -> dict:
     _import_sources()
     accepted = inspect.signature(SOURCES.get(name)).parameters
     config = {"name": name, **{k: v for k, v in base.items() if k != "name" and k in accepted}}
-    if "root" in params and "root" not in accepted and "path" in accepted:
-        params = {"path": params.pop("root")}
     return {**config, **params}

@@ -78,12 +78,21 @@ def names():
 def parse_data_spec(spec: str) -> Tuple[str, dict]:
     """``"kermany:/data/chest_xray"`` -> ``("kermany", {"root": "/data/chest_xray"})``.
 
-    The command-line form of a data source: a name, optionally ``:`` and a path.
+    The command-line form of a data source: a name, optionally ``:`` and a
+    path. The path goes to the source's ``root`` parameter, or to ``path``
+    for file sources (``pneumoniamnist:/x.npz``, ``csv:/labels.csv``).
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"data spec must be a non-empty string like 'phantom' or 'kermany:/path', got {spec!r}")
-    name, _, root = spec.partition(":")
-    return name, ({"root": root} if root else {})
+    name, _, location = spec.partition(":")
+    if not location:
+        return name, {}
+    _import_sources()
+    accepted = inspect.signature(SOURCES.get(name)).parameters
+    for key in ("root", "path"):
+        if key in accepted:
+            return name, {key: location}
+    raise ValueError(f"data source {name!r} takes no path; use --data {name} without ':{location}'")
 
 
 def _check_type(source: str, key: str, value, default) -> None:
