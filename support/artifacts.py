@@ -38,7 +38,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, np.generic):
-        return value.item()
+        return _jsonable(value.item())
     if isinstance(value, np.ndarray):
         return value.tolist()
     if hasattr(value, "tolist") and hasattr(value, "dtype"):  # torch.Tensor

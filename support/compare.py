@@ -43,46 +43,29 @@ def group_by_loss(runs: Sequence[Run]) -> Dict[str, List[Run]]:
     return groups
 
 
-def _confusions(y: np.ndarray, preds: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
-    """Confusion matrices [S, B, K, K] of S prediction vectors on B index resamples [B, N]."""
-    yt = y[idx]                                   # [B, N]
-    out = np.zeros((len(preds), len(idx), k * k))
-    for s, p in enumerate(preds):
-        codes = yt * k + p[idx]                   # [B, N]
-        for b in range(len(idx)):
-            out[s, b] = np.bincount(codes[b], minlength=k * k)
-    return out.reshape(len(preds), len(idx), k, k)
-
-
-def _mcc_from_cm(cm: np.ndarray) -> np.ndarray:
-    """Multi-class MCC (Gorodkin's R_K, as scikit-learn) of confusion matrices [..., K, K]."""
-    n = cm.sum((-1, -2))
-    c = np.trace(cm, axis1=-2, axis2=-1)
-    t, p = cm.sum(-1), cm.sum(-2)
-    cov = c * n - (t * p).sum(-1)
-    denom = np.sqrt((n ** 2 - (p ** 2).sum(-1)) * (n ** 2 - (t ** 2).sum(-1)))
-    return np.divide(cov, denom, out=np.zeros_like(cov, dtype=float), where=denom > 0)
-
-
 def seed_mean_bootstrap(y: np.ndarray, probs_by_seed: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0,
                         level: float = 0.95) -> Dict[str, tuple]:
-    """Stratified-bootstrap CI of the seed-averaged MCC and accuracy: {metric: (lo, hi)}."""
+    """Stratified-bootstrap CI of the seed-averaged MCC and accuracy: {metric: (lo, hi)}.
+
+    Every seed's predictions are scored on the SAME resamples of test images,
+    and the per-resample scores are averaged over seeds.
+    """
     y = np.asarray(y)
     k = probs_by_seed[0].shape[1]
-    idx = stratified_indices(y, n_boot, seed)
-    cms = _confusions(y, np.stack([p.argmax(1) for p in probs_by_seed]), idx, k)   # [S, B, K, K]
-    values = {"mcc": _mcc_from_cm(cms).mean(0),
+    idx = stats.resample_indices(y, n_boot, stratified=True, seed=seed)
+    cms = np.stack([stats.batched_confusion(y, p.argmax(1), idx, k) for p in probs_by_seed])  # [S, B, K, K]
+    values = {"mcc": stats.mcc_from_confusion(cms).mean(0),
               "accuracy": (np.trace(cms, axis1=-2, axis2=-1) / cms.sum((-1, -2))).mean(0)}
     a = (1 - level) / 2
     return {m: tuple(np.quantile(v, [a, 1 - a])) for m, v in values.items()}
 
 
-def stratified_indices(y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """[n_boot, N] resample indices drawn with replacement within each class."""
-    rng = np.random.default_rng(seed)
-    parts = [rng.choice(np.flatnonzero(y == c), size=(n_boot, int((y == c).sum())), replace=True)
-             for c in np.unique(y)]
-    return np.concatenate(parts, axis=1)
+def bars_frame(table: pd.DataFrame, metric: str = "mcc") -> pd.DataFrame:
+    """The columns :func:`support.report_plots.metric_bars` reads, from a :func:`loss_table`."""
+    out = pd.DataFrame({"loss": table["loss"], "value": table[f"{metric}_mean"]})
+    if f"{metric}_boot_lo" in table:
+        out["boot_lo"], out["boot_hi"] = table[f"{metric}_boot_lo"], table[f"{metric}_boot_hi"]
+    return out
 
 
 def loss_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0,
