@@ -1,0 +1,10 @@
+"""ipywidgets panels. Each panel is a class with a ``.widget`` to display and
+plain methods (``update(**params)``) that work without a display, so that
+tests drive them exactly as a user's slider would.
+
+    LossExplorer   loss value and gradient vs true-class probability, with
+                   loss selection and β / γ / ε / α sliders (notebook 03)
+"""
+from .loss_explorer import LossExplorer
+
+__all__ = ["LossExplorer"]
