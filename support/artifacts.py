@@ -11,6 +11,7 @@ Checkpoints are loaded only with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -23,6 +24,14 @@ import numpy as np
 
 #: Bumped when the run-folder layout changes; older folders are reported, not mixed in.
 RUN_FORMAT_VERSION = 1
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask (read once, on first write, not at import)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class ArtifactError(RuntimeError):
@@ -68,6 +77,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

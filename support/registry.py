@@ -15,7 +15,7 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Name -> factory, with a helpful error for unknown names.
 
-    >>> r = Registry("color"); r.add("red", lambda: 1); r.get("red")()
+    >>> r = Registry("color"); _ = r.add("red", lambda: 1); r.get("red")()
     1
     """
 

@@ -1,0 +1,65 @@
+"""Every notebook, executed end to end by the real pipeline in the smoke profile.
+
+One session-scoped pipeline run (``python -m support.pipeline --profile
+smoke``) in temporary data/runs/figures folders; each test then checks what
+one notebook produced. This is the same code path as ``./run_all.sh``.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    env = dict(os.environ, LOSSBENCH_DATA_DIR=str(root / "data"), LOSSBENCH_RUNS_DIR=str(root / "runs"),
+               LOSSBENCH_FIGURES_DIR=str(root / "figures"), MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "support.pipeline", "--profile", "smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    print(proc.stdout[-4000:], proc.stderr[-4000:])
+    return root, proc
+
+
+def test_pipeline_succeeds_and_summarises(smoke_pipeline):
+    root, proc = smoke_pipeline
+    assert "run_all summary" in proc.stdout
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_executed_without_error(smoke_pipeline, nb):
+    root, _ = smoke_pipeline
+    executed = sorted((root / "runs" / "notebooks").glob(nb.stem + "*.ipynb"))
+    assert executed, f"{nb.name} was not executed"
+    for path in executed:
+        cells = json.loads(path.read_text())["cells"]
+        errors = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, f"{path.name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+        injected = [c for c in cells if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+        assert injected and 'profile = "smoke"' in "".join(injected[0]["source"])
+
+
+def test_figures_are_written_and_name_their_source(smoke_pipeline):
+    root, _ = smoke_pipeline
+    figures = sorted((root / "figures").rglob("*.png"))
+    assert len(figures) >= 5, [f.name for f in figures]
+    assert all(f.stat().st_size > 5000 for f in figures)
+
+
+def test_compare_table_lists_every_smoke_loss(smoke_pipeline):
+    from support import profiles
+
+    root, _ = smoke_pipeline
+    table = (root / "runs" / "report" / "05_losses_smoke.csv").read_text()
+    for loss in profiles.get("smoke")["losses"]:
+        assert loss in table
