@@ -82,6 +82,7 @@ class TrainConfig:
     arch: str = "efficientnet_b0"
     arch_params: dict = field(default_factory=dict)  # extra arguments of the architecture factory
     head: str = "paper"
+    dcl_channels: int = 512  # width of the paper head's extra conv (the paper: 512)
     loss: str = "cce"
     loss_params: dict = field(default_factory=dict)
     image_size: int = 512
@@ -247,9 +248,16 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def prepare_batch(images_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def prepare_batch(images_u8: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """uint8 [B,H,W] -> float [B,1,H,W] in [0, 1] (the model standardises it further)."""
     x = images_u8.unsqueeze(1).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_input_stats(images_u8: torch.Tensor, max_images: int = 2048) -> tuple:
+    """Mean and std of the training images in [0, 1] (first ``max_images``; deterministic)."""
+    x = images_u8[:max_images].float().div(255.0)
+    return float(x.mean()), float(x.std())
 
 
 @torch.no_grad()
@@ -257,10 +265,9 @@ def predict_probs(model: torch.nn.Module, images_u8: torch.Tensor, batch_size: i
                   amp: bool = False) -> torch.Tensor:
     """Softmax probabilities [N, K] (float32, on the images' device) for uint8 images [N,H,W]."""
     model.eval()
-    channels_last = images_u8.is_cuda
     outs = []
     for s in range(0, len(images_u8), batch_size):
-        x = prepare_batch(images_u8[s:s + batch_size], channels_last)
+        x = prepare_batch(images_u8[s:s + batch_size])
         with torch.autocast(images_u8.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         outs.append(torch.softmax(logits.float(), dim=1))
@@ -286,13 +293,14 @@ class _Member:
     """One model being trained: its config, model, optimiser, scheduler and state."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, num_classes: int,
-                 class_weight: Optional[torch.Tensor]):
+                 class_weight: Optional[torch.Tensor], input_stats=(0.0, 1.0)):
         self.config, self.run_dir, self.device = config, run_dir, device
         torch.manual_seed(config.seed)  # initialisation depends on the seed alone
         self.model = models.build(config.arch, num_classes, in_chans=1, head=config.head,
-                                  **config.arch_params).to(device)
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+                                  dcl_channels=config.dcl_channels, **config.arch_params).to(device)
+        self.model.set_input_stats(*input_stats)
+        # channels_last pays on CUDA and on the CPU (oneDNN) alike: measured 1.3-2x for small_cnn.
+        self.model = self.model.to(memory_format=torch.channels_last)
         params = dict(config.loss_params)
         if class_weight is not None and config.class_weights and losses.family(config.loss) == "classification":
             params["class_weight"] = class_weight.to(device)
@@ -432,6 +440,7 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
     y_train = tr.labels.to(device)
     x_val, y_val = to_device_images(va.images, size, device), va.labels.to(device)
     weights = balanced_class_weights(tr.labels, k) if any(c.class_weights for c in configs) else None
+    input_stats = train_input_stats(x_train)
     amp = first.amp and device.type == "cuda"
 
     members, stack = [], contextlib.ExitStack()
@@ -441,7 +450,7 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
             stack.enter_context(run_lock(d))
             if force and work.exists():
                 shutil.rmtree(work)
-            m = _Member(c, work, device, k, weights)
+            m = _Member(c, work, device, k, weights, input_stats)
             m.final_dir = d
             if not force and (work / "last.pt").exists():
                 try:
@@ -477,7 +486,7 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
                 batches = batches[:-1]
             for step, idx in enumerate(batches):
                 idx = idx.to(device)
-                x = prepare_batch(x_train[idx], device.type == "cuda")
+                x = prepare_batch(x_train[idx])
                 if first.augment:
                     x = augment_batch(x, gen)
                 y = y_train[idx]

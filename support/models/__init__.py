@@ -39,10 +39,13 @@ MIN_SIZE = 32
 class Trunk(nn.Module):
     """A feature extractor to stride 16 with known output width."""
 
-    def __init__(self, body: nn.Module, out_channels: int, backbone: nn.Module | None = None):
+    def __init__(self, body: nn.Module, out_channels: int, backbone: nn.Module | None = None,
+                 standardize_input: bool = True):
         super().__init__()
         self.body = body
         self.out_channels = out_channels
+        # False for trunks whose own members standardise (model-level ensembles).
+        self.standardize_input = standardize_input
         # The full torchvision model, kept outside the module tree, for loading its weights.
         self._backbone = [backbone] if backbone is not None else []
 
@@ -56,6 +59,12 @@ class Classifier(nn.Module):
     ``forward(x)`` gives logits [B, K]; ``features(x)`` the pooled features
     [B, C] (used by embedding losses and linear probes); ``feature_map(x)`` the
     output of ``dcl`` (after its ReLU).
+
+    Inputs are images scaled to [0, 1]. The model standardises them with the
+    buffers ``input_mean`` / ``input_std`` (set from the training images by
+    the training loop and saved in the state dict). Without this, BatchNorm's
+    running statistics lag far behind on low-contrast images during short
+    trainings and eval-mode predictions collapse to one class.
     """
 
     def __init__(self, trunk: Trunk, num_classes: int, head: str = "paper", dcl_channels: int = 512):
@@ -77,8 +86,17 @@ class Classifier(nn.Module):
         self.fc = nn.Linear(width, num_classes)
         self.num_classes = num_classes
         self.feature_dim = width
+        self.register_buffer("input_mean", torch.zeros(()))
+        self.register_buffer("input_std", torch.ones(()))
+
+    def set_input_stats(self, mean: float, std: float) -> None:
+        """Standardise inputs as (x - mean) / std from now on (see class docstring)."""
+        self.input_mean.fill_(float(mean))
+        self.input_std.fill_(max(float(std), 1e-6))
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trunk.standardize_input:
+            x = (x - self.input_mean) / self.input_std
         z = self.trunk(x)
         return z if self.head_kind == "linear" else self.act(self.dcl(z))
 
@@ -171,9 +189,11 @@ def _conv_block(cin: int, cout: int, double: bool) -> nn.Sequential:
 
 
 @ARCHS.register("small_cnn")
-def _small_cnn(in_chans: int) -> Trunk:
-    """Four conv-BN-ReLU-pool blocks (16, 32, 64, 128): the CPU profile's model."""
-    widths = (16, 32, 64, 128)
+def _small_cnn(in_chans: int, width: int = 16) -> Trunk:
+    """Four conv-BN-ReLU-pool blocks (w, 2w, 4w, 8w), w = ``width`` (16): the CPU profile's model."""
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"small_cnn width must be a positive int, got {width!r}")
+    widths = (width, 2 * width, 4 * width, 8 * width)
     blocks, cin = [], in_chans
     for w in widths:
         blocks.append(_conv_block(cin, w, double=False))
