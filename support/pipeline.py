@@ -68,6 +68,11 @@ def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=Non
 def execute(job: Job, kernel: str = "python3") -> Job:
     import papermill as pm
 
+    # The kernels import `support` from this checkout even when it is not pip-installed.
+    path = os.environ.get("PYTHONPATH", "")
+    if str(paths.PROJECT_ROOT) not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.PROJECT_ROOT), path) if p)
+
     job.output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
