@@ -133,7 +133,7 @@ class TrainConfig:
         need(isinstance(self.data, dict) and "name" in self.data,
              f"data must be a dict with a 'name' (e.g. {{'name': 'phantom'}}), got {self.data!r}")
         need(isinstance(self.loss_params, dict), f"loss_params must be a dict, got {self.loss_params!r}")
-        models.ARCHS.get(self.arch)        # unknown arch -> ValueError listing the valid ones
+        models.get_arch(self.arch)         # unknown arch -> ValueError listing the valid ones
         losses.build(self.loss, **self.loss_params)  # unknown loss / bad params fail here, not mid-run
         models.check_input_size(self.arch, self.image_size)
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):

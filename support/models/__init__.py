@@ -213,6 +213,13 @@ def _nodule_cnn(in_chans: int) -> Trunk:
 
 
 # ----------------------------------------------------------------------------- public API
+def get_arch(arch: str):
+    """The trunk factory of ``arch`` (ValueError listing the valid names if unknown)."""
+    if arch == "model_level" and arch not in ARCHS:  # registered by support.ensembles (lazy: heavy import)
+        import support.ensembles.model_level  # noqa: F401
+    return ARCHS.get(arch)
+
+
 def names():
     """Names of the available architectures."""
     return ARCHS.names()
@@ -232,9 +239,7 @@ def build(arch: str, num_classes: int, in_chans: int = 1, head: str = "paper", w
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
-    if arch == "model_level" and arch not in ARCHS:  # registered by support.ensembles (lazy: heavy import)
-        import support.ensembles.model_level  # noqa: F401
-    trunk = ARCHS.get(arch)(in_chans, **arch_params)
+    trunk = get_arch(arch)(in_chans, **arch_params)
     model = Classifier(trunk, num_classes, head=head, dcl_channels=dcl_channels)
     model.arch = arch
     if weights is not None:
