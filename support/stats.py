@@ -160,7 +160,7 @@ _RANKING = {"auroc_micro": ("auroc", "micro"), "auroc_macro": ("auroc", "macro")
             "auprc_micro": ("ap", "micro"), "auprc_macro": ("ap", "macro")}
 
 
-def _boot_values(y, p, metric: str, idx: np.ndarray) -> np.ndarray:
+def bootstrap_values(y, p, metric: str, idx: np.ndarray) -> np.ndarray:
     """The metric on every resample ``idx[b]``: ``float[B]``."""
     width = len(y) * (p.shape[1] if metric in _RANKING else 1)
     chunks = np.array_split(idx, max(1, len(idx) * width // 1_000_000))  # bound memory for large N
@@ -189,7 +189,7 @@ def bootstrap_ci(y, probs, metric: str = "mcc", n_boot: int = 1000, stratified: 
     y, p = check_inputs(y, probs)
     METRICS.get(metric)  # unknown name -> ValueError listing the metrics
     idx = resample_indices(y, n_boot, stratified, seed)
-    return _percentiles(_boot_values(y, p, metric, idx), level)
+    return _percentiles(bootstrap_values(y, p, metric, idx), level)
 
 
 def metrics_with_ci(y, probs, classes: Sequence[str], n_boot: int = 1000, seed: int = 0,
@@ -212,7 +212,7 @@ def metrics_with_ci(y, probs, classes: Sequence[str], n_boot: int = 1000, seed: 
     for name in names:
         value = float(METRICS.get(name).unchecked(y, p))
         wald = wald_ci(value, len(y), level) if METRICS.get(name).greater_is_better else (float("nan"),) * 2
-        rows[name] = (value, *wald, *_percentiles(_boot_values(y, p, name, idx), level))
+        rows[name] = (value, *wald, *_percentiles(bootstrap_values(y, p, name, idx), level))
     cm = batched_confusion(y, p.argmax(1), np.vstack([np.arange(len(y)), idx]), p.shape[1]).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.diagonal(cm, axis1=1, axis2=2) / cm.sum(2)  # [1 + B, K]; row 0 = the full set
@@ -258,7 +258,7 @@ def _bootstrap_p(diff: np.ndarray) -> float:
 
 def _paired(y, pa, pb, metric, idx, level):
     va, vb = (float(METRICS.get(metric).unchecked(y, p)) for p in (pa, pb))
-    diff = _boot_values(y, pa, metric, idx) - _boot_values(y, pb, metric, idx)
+    diff = bootstrap_values(y, pa, metric, idx) - bootstrap_values(y, pb, metric, idx)
     lo, hi = _percentiles(diff, level)
     return {"delta": va - vb, "lo": lo, "hi": hi, "p_value": _bootstrap_p(diff)}
 
@@ -304,7 +304,7 @@ def _compare(y, probs_by_model, pairs, metric, n_boot, seed, alpha) -> pd.DataFr
                       stacklevel=3)
     idx = resample_indices(y, n_boot, True, seed)  # one set of resamples for every pair
     values = {name: float(METRICS.get(metric).unchecked(y, p)) for name, p in checked.items()}
-    boots = {name: _boot_values(y, p, metric, idx) for name, p in checked.items()}
+    boots = {name: bootstrap_values(y, p, metric, idx) for name, p in checked.items()}
     rows = []
     for a, b in pairs:
         diff = boots[a] - boots[b]

@@ -164,7 +164,7 @@ def metrics_table(results: Sequence[EnsembleResult], metrics: Sequence[str] = TA
         for m in metrics:
             fn = metrics_mod.METRICS.get(m)
             values = np.array([fn(y, p) for p in probs])
-            boot = np.mean([stats._boot_values(y, p, m, idx) for p in probs], axis=0)
+            boot = np.mean([stats.bootstrap_values(y, p, m, idx) for p in probs], axis=0)
             lo, hi = np.nanpercentile(boot, [50 * (1 - level), 50 * (1 + level)])
             rows.append({"ensemble": name, "kind": group[0].kind, "fit_on": group[0].fit_on,
                          "leaky": group[0].leaky, "n_seeds": len(group), "metric": m, "value": float(np.mean(values)),
