@@ -51,13 +51,13 @@ def seed_mean_bootstrap(y: np.ndarray, probs_by_seed: Sequence[np.ndarray], n_bo
     and the per-resample scores are averaged over seeds.
     """
     y = np.asarray(y)
-    k = probs_by_seed[0].shape[1]
     idx = stats.resample_indices(y, n_boot, stratified=True, seed=seed)
-    cms = np.stack([stats.batched_confusion(y, p.argmax(1), idx, k) for p in probs_by_seed])  # [S, B, K, K]
-    values = {"mcc": stats.mcc_from_confusion(cms).mean(0),
-              "accuracy": (np.trace(cms, axis1=-2, axis2=-1) / cms.sum((-1, -2))).mean(0)}
     a = (1 - level) / 2
-    return {m: tuple(np.quantile(v, [a, 1 - a])) for m, v in values.items()}
+    out = {}
+    for m in BOOTSTRAP_METRICS:
+        values = np.mean([stats.bootstrap_values(y, p, m, idx) for p in probs_by_seed], axis=0)
+        out[m] = tuple(np.quantile(values, [a, 1 - a]))
+    return out
 
 
 def bars_frame(table: pd.DataFrame, metric: str = "mcc") -> pd.DataFrame:
