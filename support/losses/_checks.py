@@ -91,10 +91,14 @@ def _labels(loss: str, name: str, t, batch: int, what: str) -> None:
         raise ValueError(f"{loss}: {name} must have shape [B] = [{batch}], got {tuple(t.shape)}")
 
 
+class NonFiniteError(ValueError):
+    """Logits (or a mask) hold NaN/inf: the model diverged. The training loop stops that run only."""
+
+
 def _raise_nonfinite(loss: str, name: str, x: torch.Tensor) -> None:
     n_nan = int(torch.isnan(x).sum())
     n_inf = int(torch.isinf(x).sum())
-    raise ValueError(f"{loss}: {name} contains {n_nan} NaN and {n_inf} inf value(s) out of {x.numel()}; "
+    raise NonFiniteError(f"{loss}: {name} contains {n_nan} NaN and {n_inf} inf value(s) out of {x.numel()}; "
                      "the model diverged or the input is corrupt: check the learning rate and the data")
 
 
