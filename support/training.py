@@ -94,6 +94,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_epochs: int = 64
     patience: int = 5
+    # Warm-up epochs during which early stopping and the LR plateau schedule do not count epochs without
+    # improvement (Keras' EarlyStopping(start_from_epoch=...)); the best checkpoint is still tracked.
+    # 0 = the paper. Losses with weak early gradients (hinge, KL, DCA variants) sit at chance for a few
+    # epochs on the phantom before they find the lesions; a short patience would stop them there.
+    start_from_epoch: int = 0
     monitor: str = "val_mcc"
     lr_plateau: bool = True
     class_weights: bool = True
@@ -122,12 +127,13 @@ class TrainConfig:
             if not ok:
                 raise ValueError(msg)
 
-        for name in ("image_size", "batch_size", "max_epochs", "patience", "seed"):
+        for name in ("image_size", "batch_size", "max_epochs", "patience", "start_from_epoch", "seed"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"TrainConfig.{name} must be an int, got {type(v).__name__} {v!r}")
         need(self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2 (BatchNorm needs 2 samples)")
         need(self.max_epochs >= 1, f"max_epochs={self.max_epochs} must be >= 1")
+        need(self.start_from_epoch >= 0, f"start_from_epoch={self.start_from_epoch} must be >= 0 (0 = no warm-up)")
         need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         need(self.monitor in MONITORS, f"unknown monitor {self.monitor!r}; valid: {', '.join(MONITORS)}")
         need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
@@ -551,12 +557,13 @@ def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds:
     row = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": m.opt.param_groups[0]["lr"],
            "seconds": seconds}
     m.log.append(row)
+    warm = epoch < m.config.start_from_epoch  # warm-up: no patience counted, no LR decay
     if m.improved(score):
         m.best_score, m.best_epoch, m.bad_epochs = score, epoch, 0
         artifacts.save_state(m.run_dir / "best.pt", m.model.state_dict())
-    else:
+    elif not warm:
         m.bad_epochs += 1
-    if m.sched:
+    if m.sched and not warm:
         m.sched.step(score)
     m.next_epoch = epoch + 1
     if m.bad_epochs >= m.config.patience or m.next_epoch >= m.config.max_epochs:

@@ -196,3 +196,17 @@ def test_augment_is_reproducible_and_small():
     b = training.augment_batch(x, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape == x.shape
     assert (a - x).abs().mean() < 0.3
+
+
+@pytest.mark.slow
+def test_warm_up_epochs_do_not_count_towards_early_stopping(isolated_dirs, tiny_data, monkeypatch):
+    # Validation never improves after epoch 0: patience 1 stops at epoch 1, unless 3 warm-up epochs come first.
+    monkeypatch.setattr(training, "_val_scores", lambda *a: {"val_accuracy": 0.5, "val_mcc": 0.0, "val_nll": 1.0})
+    epochs = {}
+    for warm in (0, 3):
+        d = training.train_one(tiny_config(max_epochs=8, patience=1, start_from_epoch=warm), data=tiny_data,
+                               progress=False)
+        epochs[warm] = len(runs.Run(d).log)
+    assert epochs == {0: 2, 3: 4}
+    with pytest.raises(ValueError, match="start_from_epoch=-1 must be >= 0"):
+        tiny_config(start_from_epoch=-1)

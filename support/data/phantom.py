@@ -232,7 +232,7 @@ def _anatomy(rng) -> dict:
 
 def _vessel_texture(noise: np.ndarray) -> np.ndarray:
     """A smooth texture over (radius bin, angle bin): slow along the radius, so its ridges radiate."""
-    return _upsampler(noise.shape[0], 32) @ noise @ _upsampler(noise.shape[1], 256).T
+    return _upsampler(noise.shape[0], 64) @ noise @ _upsampler(noise.shape[1], 512).T
 
 
 def _polar(x, y, xh, yh, texture, half: int):
@@ -240,9 +240,9 @@ def _polar(x, y, xh, yh, texture, half: int):
     dx, dy = x - xh, y - yh
     rho = np.sqrt(dx * dx + dy * dy)
     s = dy / (np.abs(dx) + np.abs(dy) + 0.02)                      # diamond angle in [-1, 1]
-    ri = np.minimum(rho * (31 / 0.9), 31).astype(np.int32)
-    si = ((s + 1.0) * 63.5).astype(np.int32) + 128 * half
-    return np.take(texture.ravel(), ri * 256 + si), rho
+    ri = np.minimum(rho * (63 / 0.9), 63).astype(np.int32)
+    si = ((s + 1.0) * 127.5).astype(np.int32) + 256 * half         # each lung its own half
+    return np.take(texture.ravel(), ri * 512 + si), rho
 
 
 def _render(rng, label: int, size: int, difficulty: float, marker: int):
