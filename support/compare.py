@@ -44,8 +44,8 @@ def group_by_loss(runs: Sequence[Run]) -> Dict[str, List[Run]]:
 
 
 def seed_mean_bootstrap(y: np.ndarray, probs_by_seed: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> Dict[str, tuple]:
-    """Stratified-bootstrap CI of the seed-averaged MCC and accuracy: {metric: (lo, hi)}.
+                        level: float = 0.95, boot_metrics: Sequence[str] = BOOTSTRAP_METRICS) -> Dict[str, tuple]:
+    """Stratified-bootstrap CI of the seed-averaged metrics (default MCC and accuracy): {metric: (lo, hi)}.
 
     Every seed's predictions are scored on the SAME resamples of test images,
     and the per-resample scores are averaged over seeds.
@@ -54,7 +54,7 @@ def seed_mean_bootstrap(y: np.ndarray, probs_by_seed: Sequence[np.ndarray], n_bo
     idx = stats.resample_indices(y, n_boot, stratified=True, seed=seed)
     a = (1 - level) / 2
     out = {}
-    for m in BOOTSTRAP_METRICS:
+    for m in boot_metrics:
         values = np.mean([stats.bootstrap_values(y, p, m, idx) for p in probs_by_seed], axis=0)
         out[m] = tuple(np.quantile(values, [a, 1 - a]))
     return out
@@ -69,24 +69,31 @@ def bars_frame(table: pd.DataFrame, metric: str = "mcc") -> pd.DataFrame:
 
 
 def loss_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0,
-               table_metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
+               table_metrics: Sequence[str] = TABLE_METRICS, split: str = "test",
+               boot_metrics: Sequence[str] = BOOTSTRAP_METRICS) -> pd.DataFrame:
     """One row per loss: n_seeds; mean and sd over seeds of each metric; CIs of the seed mean.
 
     Sorted by mean MCC (best first). Columns ``<m>_mean``, ``<m>_sd``, and for
-    MCC and accuracy ``<m>_boot_lo/hi`` (test-image bootstrap) and
-    ``<m>_wald_lo/hi`` (the paper's interval on the test size).
+    the ``boot_metrics`` (MCC and accuracy by default) ``<m>_boot_lo/hi``
+    (image bootstrap) and ``<m>_wald_lo/hi`` (the paper's interval on the split
+    size). ``split`` is ``"test"`` (default) or ``"val"``.
     """
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     rows = []
     for label, rs in group_by_loss(runs).items():
         row = {"loss": label, "n_seeds": len(rs), "seeds": ",".join(str(r.seed) for r in rs)}
         for m in table_metrics:
-            vals = np.array([(r.metrics.get("test") or {}).get(m, np.nan) for r in rs], dtype=float)
+            vals = np.array([(r.metrics.get(split) or {}).get(m, np.nan) for r in rs], dtype=float)
             row[f"{m}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan
             row[f"{m}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan
-        y = rs[0].labels("test")
-        cis = seed_mean_bootstrap(y, [r.probs("test") for r in rs], n_boot=n_boot, seed=seed)
+        y = rs[0].labels(split)
+        cis = seed_mean_bootstrap(y, [r.probs(split) for r in rs], n_boot=n_boot, seed=seed,
+                                  boot_metrics=boot_metrics)
         for m, (lo, hi) in cis.items():
             row[f"{m}_boot_lo"], row[f"{m}_boot_hi"] = lo, hi
+            if m not in BOOTSTRAP_METRICS:
+                continue  # the Wald interval is the paper's, for MCC and accuracy only
             wlo, whi = stats.wald_ci(row[f"{m}_mean"], len(y))
             row[f"{m}_wald_lo"], row[f"{m}_wald_hi"] = wlo, whi
         rows.append(row)

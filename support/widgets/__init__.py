@@ -4,7 +4,11 @@ tests drive them exactly as a user's slider would.
 
     LossExplorer   loss value and gradient vs true-class probability, with
                    loss selection and β / γ / ε / α sliders (notebook 03)
+    ResultsPanel   finished runs by loss: metric bars with CIs, confusion
+                   matrices, reliability, training curves, table (CSV export)
+                   and Grad-CAMs of one test image (notebook 00)
 """
 from .loss_explorer import LossExplorer
+from .results_panel import ResultsPanel
 
-__all__ = ["LossExplorer"]
+__all__ = ["LossExplorer", "ResultsPanel"]
