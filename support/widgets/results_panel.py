@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import ipywidgets as W
+import numpy as np
 
 from .. import artifacts, compare, metrics, paths, report_plots
 from ..runs import Run, find_runs
 
-VIEWS = {"bars": "Metric per loss (CI)", "confusion": "Confusion matrices", "reliability": "Reliability",
+VIEWS = {"bars": "Metric per loss (CI)", "confusion": "Confusions", "reliability": "Reliability",
          "curves": "Training curves", "table": "Table", "cams": "CAMs"}
 FIGURE_VIEWS = ("bars", "confusion", "reliability", "curves")
 SPLITS = ("test", "val")
@@ -71,7 +72,7 @@ class ResultsPanel:
         self.chosen: Dict[str, Run] = {}
         self.pngs: Dict[str, bytes] = {}
         self.cams = self.source = None
-        self.unfinished = 0
+        self.unfinished, self._cam_default_set = 0, False
         self._signature, self._hold, self._stale, self._watch_task = None, True, set(), None
         c = lambda cls, w: (w.add_class(cls), w)[1]  # noqa: E731 - DOM classes for the browser test
         self.group = c("lossbench-group", W.Dropdown(description="runs", layout=W.Layout(width="560px")))
@@ -251,7 +252,12 @@ class ResultsPanel:
         self.chosen = {f"{label} · seed {rs[0].seed}": rs[0] for label, rs in compare.group_by_loss(chosen).items()}
         self.source = chosen[0].metrics["data_source"]
         n = len(chosen[0].labels(split))
-        self.cam_index.max = len(chosen[0].labels("test")) - 1
+        y_test, classes = chosen[0].labels("test"), chosen[0].metrics["classes"]
+        self.cam_index.max = len(y_test) - 1
+        if not self._cam_default_set and "normal" in classes:  # start on an image with a finding
+            sick = np.flatnonzero(y_test != classes.index("normal"))
+            self.cam_index.value = int(sick[0]) if len(sick) else 0
+            self._cam_default_set = True
         self._say(f"{len(chosen)} finished runs, {len(self.table)} losses, seeds "
                   f"{', '.join(map(str, self.seeds.value))}; <b>{metric}</b> on the <b>{split}</b> split "
                   f"({n} images); CIs: 95 % stratified bootstrap of the seed mean ({self.n_boot} resamples). "
@@ -317,6 +323,8 @@ class ResultsPanel:
         if not self.chosen:
             raise ValueError("no runs selected: pick at least one loss and one seed")
         if index is not None:
+            if not 0 <= index <= self.cam_index.max:
+                raise ValueError(f"test image index {index} is outside 0..{self.cam_index.max}")
             self.cam_index.value = index
         self.cam_note.value = "<small>computing Grad-CAMs…</small>"
         self.cams = run_cams(list(self.chosen.values()), self.cam_index.value, labels=list(self.chosen))
