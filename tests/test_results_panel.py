@@ -17,8 +17,9 @@ PLAN = {"cce": (0.8, (0, 1)), "focal": (0.6, (0, 1)), "hinge": (0.4, (0,))}
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
+def runs_dir(tmp_path_factory, shared_data_dir):
     root = tmp_path_factory.mktemp("panel")
+    (root / "data").symlink_to(shared_data_dir)  # the phantom is generated once per session
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LOSSBENCH_DATA_DIR", str(root / "data"))
         classes, labels = splits()

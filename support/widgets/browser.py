@@ -123,12 +123,13 @@ def _image_ready(page, css: str, timeout_ms: int) -> str:
 
 
 def check_panels(server: Server, notebook: str, out_dir: Path, chromium: str, add_run: Optional[Callable] = None,
-                 new_loss: Optional[str] = None, timeout_s: float = 240.0) -> dict:
+                 new_loss: Optional[str] = None, timeout_s: float = 240.0, tabs=tuple(TABS)) -> dict:
     """Open ``notebook`` (relative to the server root), run all cells and exercise both panels.
 
     Returns what was observed (for assertions): option lists, the bar image's
     source before and after the metric change, the panel message, and the
-    screenshot paths. ``add_run`` (optional) is called after the first checks;
+    screenshot paths. ``tabs`` (keys of :data:`TABS`) are opened and shot in
+    turn. ``add_run`` (optional) is called after the first checks;
     the loss ``new_loss`` must then appear after pressing Refresh.
     """
     from playwright.sync_api import sync_playwright
@@ -173,8 +174,8 @@ def check_panels(server: Server, notebook: str, out_dir: Path, chromium: str, ad
             page.locator(".lossbench-message", has_text="ece").wait_for()
             seen["message"] = page.inner_text(".lossbench-message")
             shot(panel, "results_bars_ece")
-            for view, title in TABS.items():
-                panel.get_by_role("tab", name=title, exact=True).click()
+            for view in tabs:
+                panel.get_by_role("tab", name=TABS[view], exact=True).click()
                 if view == "cams":
                     page.locator(".lossbench-cam-button").click()
                 if view == "table":
