@@ -64,6 +64,14 @@ bootstrap() {
 bootstrap
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 if [ "$mode" = test ]; then
+  # The browser test drives Debian's chromium (Playwright's own browser download is not used):
+  # install it when missing and we are root; otherwise that one test is skipped with a message.
+  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[bootstrap] installing chromium for the browser test (apt-get, at most 5 min)"
+    { timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq \
+        --no-install-recommends chromium; } >/dev/null 2>&1 \
+      || echo "[bootstrap] chromium could not be installed; the browser test will be skipped"
+  fi
   exec .venv/bin/python -m pytest "${args[@]+"${args[@]}"}"
 else
   exec .venv/bin/python -m support.pipeline "${args[@]+"${args[@]}"}"
