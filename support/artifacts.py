@@ -17,6 +17,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -136,7 +137,7 @@ def read_npz(path) -> dict:
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise ArtifactError(f"{path} does not exist") from None
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ArtifactError(
             f"{path} is truncated or not an .npz file ({exc}); delete it or re-run with force=True"
         ) from None
@@ -151,15 +152,20 @@ def save_state(path, state: Mapping[str, Any]) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
-def load_state(path, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; a bad file raises :class:`ArtifactError`."""
+def load_state(path, map_location="cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint with ``weights_only=True``; a bad file raises :class:`ArtifactError`.
+
+    ``mmap=True`` maps the tensors instead of reading them: a cheap way to check
+    that a large checkpoint is complete and safe without loading its weights.
+    """
     import torch
 
     path = Path(path)
     if not path.exists():
-        raise ArtifactError(f"checkpoint {path} does not exist")
+        raise ArtifactError(f"checkpoint {path} does not exist; check the path (nothing is downloaded: "
+                            "weights must be a local file written by torch.save)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated zip, pickle with foreign globals, ...
         raise ArtifactError(
             f"checkpoint {path} cannot be loaded safely ({type(exc).__name__}: {str(exc)[:200]}); "

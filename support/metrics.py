@@ -68,7 +68,8 @@ def check_inputs(y_true, probs, classes: Optional[Sequence[str]] = None):
     if classes is not None and len(classes) != k:
         raise ValueError(f"{len(classes)} class names {list(classes)} for probs with K={k} columns")
     if not np.all(np.isfinite(p)):
-        raise ValueError(f"probs contains {int(np.sum(~np.isfinite(p)))} NaN or infinite values")
+        raise ValueError(f"probs contains {int(np.sum(~np.isfinite(p)))} NaN or infinite values; the model "
+                         "diverged or the predictions are damaged: re-train the run (force=True, lower lr)")
     if p.min() < -1e-6 or p.max() > 1 + 1e-6:
         raise ValueError(f"probs must lie in [0, 1], got range [{p.min():.4g}, {p.max():.4g}]; "
                          "pass probabilities (softmax), not logits")

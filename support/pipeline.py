@@ -90,14 +90,19 @@ def acquire_lock(wait: bool):
     root.mkdir(parents=True, exist_ok=True)
     fh = open(root / ".run_all.lock", "a+")
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.seek(0)
         holder = fh.read().strip() or "another process"
-        raise SystemExit(
-            f"another ./run_all.sh is already running on {root} ({holder}). Wait for it to finish, "
-            "or pass --wait to queue behind it, or set LOSSBENCH_RUNS_DIR to use another folder."
-        ) from None
+        if not wait:
+            fh.close()
+            raise SystemExit(
+                f"another ./run_all.sh is already running on {root} ({holder}). Wait for it to finish, "
+                "or pass --wait to queue behind it, or set LOSSBENCH_RUNS_DIR to use another folder."
+            ) from None
+        print(f"[run_all] another ./run_all.sh is running on {root} ({holder}); waiting for it to finish "
+              "(--wait)", flush=True)
+        fcntl.flock(fh, fcntl.LOCK_EX)
     fh.seek(0)
     fh.truncate()
     fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -123,10 +128,34 @@ def _csv(text: str) -> List[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def check_args(args) -> None:
+    """Reject a bad --data, --losses or --seeds before any notebook starts (one clear message)."""
+    from . import losses
+    from .data.core import resolve_params
+
+    try:
+        data = profiles.data_config(args.profile, args.data)
+        resolve_params(data.pop("name"), data)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"--data {args.data}: {exc}") from None
+    for key in ("root", "path"):
+        if key in data and not Path(data[key]).expanduser().exists():
+            raise SystemExit(f"--data {args.data}: {data[key]} does not exist; pass an existing local "
+                             "folder or file (nothing is downloaded)")
+    valid = losses.names("classification")
+    unknown = [x for x in _csv(args.losses) if x not in valid]
+    if unknown:
+        raise SystemExit(f"--losses: unknown classification loss(es) {unknown}; valid: {', '.join(valid)}")
+    bad = [x for x in _csv(args.seeds) if not x.lstrip("-").isdigit()]
+    if bad:
+        raise SystemExit(f"--seeds: {bad} not integer(s); use comma-separated integers, e.g. --seeds 0,1")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from .data import parse_data_spec
 
+    check_args(args)
     name, params = parse_data_spec(args.data)
     seeds = [int(s) for s in _csv(args.seeds)] or None
     jobs = plan(args.profile, args.data, args.force, only=_csv(args.only) or None,

@@ -34,7 +34,8 @@ class Run:
         if m["format_version"] != artifacts.RUN_FORMAT_VERSION:
             raise artifacts.ArtifactError(
                 f"{self.path} has run format {m['format_version']}, this kit reads {artifacts.RUN_FORMAT_VERSION}; "
-                "re-train it with force=True (or ./run_all.sh --force)"
+                "its results are left out. Re-run the sweep (runs of this format get new folders) "
+                f"and delete {self.path}"
             )
         return m
 
@@ -86,8 +87,16 @@ class Run:
     def check(self) -> "Run":
         """Read every file once so that a broken run fails here, with its path."""
         _ = self.metrics, self.config, self.log, self.predictions
-        if not (self.path / "best.pt").exists():
-            raise artifacts.ArtifactError(f"{self.path / 'best.pt'} is missing")
+        if not isinstance(self.config, dict):
+            raise artifacts.ArtifactError(f"{self.path / 'config.json'} is not a lossbench run config")
+        best = self.path / "best.pt"
+        if not best.exists():
+            raise artifacts.ArtifactError(f"{best} is missing")
+        # Mapped, not read: catches a truncated, empty or foreign checkpoint at the cost of its header.
+        state = artifacts.load_state(best, mmap=True)
+        if not state or not all(hasattr(v, "dtype") and hasattr(v, "shape") for v in state.values()):
+            raise artifacts.ArtifactError(f"{best} is not a state dict of tensors (keys {sorted(state)[:5]}); "
+                                          "it was replaced by a foreign file")
         return self
 
 

@@ -136,10 +136,20 @@ class TrainConfig:
         need(self.start_from_epoch >= 0, f"start_from_epoch={self.start_from_epoch} must be >= 0 (0 = no warm-up)")
         need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         need(self.monitor in MONITORS, f"unknown monitor {self.monitor!r}; valid: {', '.join(MONITORS)}")
-        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}")
+        need(isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
+             and self.lr > 0, f"lr must be a positive finite number, got {self.lr!r}; e.g. lr=1e-3")
+        need(self.patience >= 1, f"patience={self.patience} must be >= 1 (epochs without improvement before "
+                                  "stopping); use patience=max_epochs to never stop early")
+        need(isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1,
+             f"momentum={self.momentum!r} must be a number in [0, 1), e.g. momentum=0.9")
+        need(isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf,
+             f"weight_decay={self.weight_decay!r} must be a number >= 0, e.g. weight_decay=1e-4")
+        need(self.head in models.HEADS, f"unknown head {self.head!r}; valid heads: {', '.join(models.HEADS)}")
         need(isinstance(self.data, dict) and "name" in self.data,
              f"data must be a dict with a 'name' (e.g. {{'name': 'phantom'}}), got {self.data!r}")
         need(isinstance(self.loss_params, dict), f"loss_params must be a dict, got {self.loss_params!r}")
+        data = dict(self.data)
+        resolve_params(data.pop("name"), data)  # unknown source or parameter fails here, not after training
         models.get_arch(self.arch)         # unknown arch -> ValueError listing the valid ones
         losses.build(self.loss, **self.loss_params)  # unknown loss / bad params fail here, not mid-run
         models.check_input_size(self.arch, self.image_size)
@@ -418,18 +428,33 @@ def train_many(configs: Sequence[TrainConfig], runs_dir=None, force: bool = Fals
     root = Path(runs_dir) if runs_dir else paths.runs_dir()
     dirs = [run_dir_for(c, root) for c in configs]
     groups: Dict[str, List[int]] = {}
+    errors = []
     for i, (c, d) in enumerate(zip(configs, dirs)):
         if is_finished(d) and not force:
+            broken = _finished_but_broken(d)
+            if broken and broken not in errors:  # never retrained silently, never returned as a result
+                errors.append(broken)
             continue
         if dirs.index(d) != i:  # the same experiment twice in one call: train it once
             continue
         groups.setdefault(c.order_key(), []).append(i)
-    errors = []
     for idx in groups.values():
         errors += _train_group([configs[i] for i in idx], [dirs[i] for i in idx], force, progress, data)
     if errors:
         raise TrainingError("; ".join(errors))
     return dirs
+
+
+def _finished_but_broken(run_dir: Path) -> Optional[str]:
+    """Why a finished run folder cannot be read back (truncated, foreign, older format), or None."""
+    from . import runs
+
+    try:
+        runs.Run(run_dir).check()
+    except artifacts.ArtifactError as exc:
+        return (f"finished run folder {run_dir} is broken ({exc}); it was not retrained and is left out "
+                "of every table. Recompute it with force=True (./run_all.sh --force) or delete the folder")
+    return None
 
 
 def _train_group(configs, dirs, force, progress, data) -> List[str]:
@@ -438,10 +463,18 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
     bundle = data if data is not None else load_data(**first.data, verbose=progress)
     k = bundle.num_classes
     tr, va, te = (bundle.splits[s] for s in ("train", "val", "test"))
+    if k < 2:
+        raise TrainingError(f"data {bundle.source or first.data} has {k} class {list(bundle.classes)}; a "
+                            "classifier needs at least 2: add images of another class (a folder or label per class)")
+    absent = [bundle.classes[i] for i in sorted(set(range(k)) - set(tr.labels.unique().tolist()))]
+    if absent:
+        raise TrainingError(f"train split of {bundle.source or first.data} has no image of class(es) {absent} "
+                            f"(classes {list(bundle.classes)}); every class needs training images: add some "
+                            "or change the split fractions")
     for name, split in (("train", tr), ("val", va)):
         if len(split) == 0:
-            raise TrainingError(f"{name} split of {bundle.source or first.data} is empty; "
-                                "a run needs train and val images")
+            raise TrainingError(f"{name} split of {bundle.source or first.data} is empty; a run needs train "
+                                "and val images: add images, or give the source a larger val_fraction")
     size = first.image_size
     x_train = to_device_images(tr.images, size, device)
     y_train = tr.labels.to(device)
@@ -453,10 +486,14 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
     members, stack = [], contextlib.ExitStack()
     with stack:
         for c, d in zip(configs, dirs):
-            work = d if not force else d.parent / f".staging-{d.name}-{os.getpid()}"
+            # No pid in the name: the run lock makes the staging folder ours, and a later force run
+            # removes what a killed one left behind instead of piling up copies on a full disk.
+            work = d if not force else d.parent / f".staging-{d.name}"
             stack.enter_context(run_lock(d))
             if force and work.exists():
                 shutil.rmtree(work)
+            for stale in work.glob(".*.tmp"):  # half-written by a killed process; never read, now removed
+                stale.unlink(missing_ok=True)
             m = _Member(c, work, device, k, weights, input_stats)
             m.final_dir = d
             if not force and (work / "last.pt").exists():
@@ -597,11 +634,14 @@ def _finish(m: _Member, bundle, size: int, device, amp: bool, force: bool) -> No
         "train_images_per_second": len(bundle.splits["train"]) * epochs_run / max(m.train_seconds, 1e-9),
         "device": str(device), **report,
     }
-    (m.run_dir / "last.pt").unlink(missing_ok=True)
     artifacts.write_json(m.run_dir / "metrics.json", summary)  # written last: marks the run finished
+    # Only now: a kill or a full disk before this point resumes from last.pt instead of retraining.
+    (m.run_dir / "last.pt").unlink(missing_ok=True)
     if m.run_dir != m.final_dir:  # force: swap the staging folder in only now
-        old = m.final_dir.parent / f".old-{m.final_dir.name}-{os.getpid()}"
+        old = m.final_dir.parent / f".old-{m.final_dir.name}"
         lock = m.final_dir / ".lock"
+        if old.exists():  # left by a swap that was killed half-way; the folder below is newer
+            shutil.rmtree(old)
         if m.final_dir.exists():
             os.replace(m.final_dir, old)
         os.replace(m.run_dir, m.final_dir)
