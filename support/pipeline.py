@@ -58,7 +58,7 @@ def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=Non
         if nb.name.startswith(PER_LOSS):
             for seed in (seeds or p["seeds"]):
                 for loss in (losses or p["losses"]):
-                    out = out_dir / f"{nb.stem}__{loss}__seed{seed}.ipynb"
+                    out = paths.inside(out_dir, f"{nb.stem}__{loss}__seed{seed}.ipynb")  # a loss is no path
                     jobs.append(Job(nb, out, {**common, "loss": loss, "seed": int(seed)}))
         else:
             jobs.append(Job(nb, out_dir / nb.name, dict(common)))

@@ -101,6 +101,12 @@ def build(path: str, image_size: int = 0) -> DataBundle:
             arrays = {k: z[k] for k in KEYS}
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"pneumoniamnist: {file} is not a readable .npz ({exc}); {_HINT}") from None
+    except ValueError as exc:
+        if str(exc).startswith("pneumoniamnist:"):
+            raise
+        # numpy's own text suggests allow_pickle=True: never for a downloaded file, so it is not repeated
+        raise ValueError(f"pneumoniamnist: {file} is not a NumPy .npz archive of plain arrays (another format, "
+                         f"or pickled objects, which are never loaded); {_HINT}") from None
     splits = {}
     for s in SPLITS:
         images = _gray(arrays[f"{s}_images"], f"{s}_images", file)
