@@ -172,3 +172,13 @@ def test_cams_of_one_test_image_across_losses(panel, runs_dir):
         assert heat.shape == cams.image.shape and 0 <= heat.min() and heat.max() <= 1 + 1e-6
     with pytest.raises(ValueError, match="outside"):
         panel.show_cams(index=10_000)
+
+
+def test_buttons_act_and_show_their_errors_in_the_panel(panel, runs_dir):
+    panel.refresh_button.click()
+    assert "no new finished runs" in panel.message.value
+    panel.export_button.click()
+    assert (runs_dir / "report" / "panel_test_mcc.csv").exists()
+    panel.seeds.value = ()
+    panel.export_button.click()  # nothing to export: said in the panel, no exception lost in a log
+    assert "no table to export" in panel.message.value

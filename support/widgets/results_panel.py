@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import html
 import io
+import time
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -80,7 +81,8 @@ class ResultsPanel:
         self.seeds = c("lossbench-seeds", W.SelectMultiple(description="seeds", rows=4))
         self.metric = c("lossbench-metric", W.Dropdown(options=compare.TABLE_METRICS, value="mcc",
                                                        description="metric"))
-        self.split = c("lossbench-split", W.ToggleButtons(options=SPLITS, value="test", description="split"))
+        self.split = c("lossbench-split", W.ToggleButtons(options=SPLITS, value="test", description="split",
+                                                           style={"button_width": "70px", "description_width": "initial"}))
         self.refresh_button = c("lossbench-refresh", W.Button(description="Refresh", icon="refresh"))
         self.export_button = c("lossbench-export", W.Button(description="Export CSV", icon="download"))
         self.message = c("lossbench-message", W.HTML())
@@ -101,9 +103,9 @@ class ResultsPanel:
             w.observe(lambda _change: self._recompute(), names="value")
         self.group.observe(lambda _change: self._on_group(), names="value")
         self.tabs.observe(lambda _change: self._draw_visible(), names="selected_index")
-        self.refresh_button.on_click(lambda _b: self.refresh())
-        self.export_button.on_click(lambda _b: self.export_csv())
-        self.cam_button.on_click(lambda _b: self.show_cams())
+        self.refresh_button.on_click(lambda _b: self._shown_errors(self._refresh_clicked))
+        self.export_button.on_click(lambda _b: self._shown_errors(self.export_csv))
+        self.cam_button.on_click(lambda _b: self._shown_errors(self.show_cams))
         controls = W.VBox([self.group, W.HBox([self.split, self.metric]), W.HBox([self.losses, self.seeds]),
                            W.HBox([self.refresh_button, self.export_button])])
         self.widget = c("lossbench-results", W.VBox([controls, self.message, self.tabs]))
@@ -139,6 +141,18 @@ class ResultsPanel:
         self._hold = held
         self._on_group(keep=True)
         return True
+
+    def _refresh_clicked(self) -> None:
+        if not self.refresh():
+            self.message.value += (f"<div><small>checked {html.escape(str(self.runs_dir))} at "
+                                   f"{time.strftime('%H:%M:%S')}: no new finished runs</small></div>")
+
+    def _shown_errors(self, action) -> None:
+        """Run a button's action; a bad selection or a broken file is shown in the panel, not lost in a log."""
+        try:
+            action()
+        except (ValueError, artifacts.ArtifactError) as exc:
+            self.message.value += f"<div style='color:#a30'><b>{html.escape(str(exc))}</b></div>"
 
     def watch(self, seconds: float = 10.0) -> bool:
         """Call :meth:`refresh` every ``seconds`` while the kernel is idle; False outside an event loop."""
@@ -247,7 +261,12 @@ class ResultsPanel:
             self._blank()
             return
         split, metric = self.split.value, self.metric.value
-        self.table = compare.loss_table(chosen, n_boot=self.n_boot, split=split, boot_metrics=(metric,))
+        try:
+            self.table = compare.loss_table(chosen, n_boot=self.n_boot, split=split, boot_metrics=(metric,))
+        except (ValueError, artifacts.ArtifactError) as exc:  # e.g. seeds of one loss tested on other images
+            self._say(f"<b>cannot compare this selection:</b> {html.escape(str(exc))}", True)
+            self._blank()
+            return
         self.bars = compare.bars_frame(self.table, metric)
         self.chosen = {f"{label} · seed {rs[0].seed}": rs[0] for label, rs in compare.group_by_loss(chosen).items()}
         self.source = chosen[0].metrics["data_source"]
