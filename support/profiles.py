@@ -26,6 +26,12 @@ PROFILES = {
         "losses": ("cce", "focal", "cal_cce"),
         "seeds": (0,),
         "bootstrap": 100,
+        # Localization (notebook 07): CAMs of every run and ensemble on test images with lesions.
+        "localization": {"methods": ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam"), "n_images": 8,
+                         "method_images": {"scorecam": 2}, "threshold_images": 8, "road_images": 2,
+                         "road_percentiles": (20, 50, 80), "k": 3, "ensemble_methods": ("average", "weighted"),
+                         "grid_images": 3,
+                         "shortcut": {"losses": ("cce", "focal"), "marker_bias": 0.9, "n_images": 8}},
     },
     "quick": {
         "data": {"name": "phantom", "n": 2400, "image_size": 128},
@@ -39,6 +45,14 @@ PROFILES = {
         "losses": PAPER_LOSSES,
         "seeds": (0, 1),
         "bootstrap": 1000,
+        # Localization (notebook 07; ~1-2 min on 2 cores): cheap CAMs on 64 test images with lesions, ScoreCAM
+        # (one forward pass per channel) on 8, ROAD on 8; the shortcut experiment adds 3 biased runs (the clean
+        # runs are notebook 04's).
+        "localization": {"methods": ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam"), "n_images": 64,
+                         "method_images": {"scorecam": 8}, "threshold_images": 32, "road_images": 8,
+                         "road_percentiles": (20, 50, 80), "k": 3, "ensemble_methods": ("average", "weighted"),
+                         "grid_images": 4,
+                         "shortcut": {"losses": ("cce", "focal", "hinge"), "marker_bias": 0.9, "n_images": 64}},
     },
     "full": {
         "data": {"name": "phantom", "n": 5856, "image_size": 512},
@@ -47,6 +61,12 @@ PROFILES = {
         "losses": PAPER_LOSSES,
         "seeds": (0, 1, 2),
         "bootstrap": 1000,
+        "localization": {"methods": ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam"), "n_images": 256,
+                         "method_images": {"scorecam": 32}, "threshold_images": 128, "road_images": 64,
+                         "road_percentiles": (10, 20, 30, 40, 50, 60, 70, 80, 90), "k": 3,
+                         "ensemble_methods": ("average", "weighted"), "grid_images": 4,
+                         "shortcut": {"losses": ("cce", "focal", "ls_cce", "cal_cce"), "marker_bias": 0.9,
+                                      "n_images": 256}},
     },
 }
 

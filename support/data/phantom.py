@@ -455,6 +455,22 @@ def _draw_marker(rng, out: np.ndarray, marker: int) -> None:
     out[r0:r0 + h, c0:c0 + w] = patch
 
 
+def marker_region(image_size: int, marker) -> np.ndarray:
+    """Bool ``[S, S]`` mask of every pixel the marker of state ``marker`` can cover (all positions of
+    :func:`_draw_marker`); empty for "none" (0). Used to measure how much a CAM looks at the shortcut."""
+    state = MARKER_STATES.index(marker) if isinstance(marker, str) else int(marker)
+    S = int(image_size)
+    region = np.zeros((S, S), bool)
+    if state == 0:
+        return region
+    cell = max(1, round(S * 0.012))
+    h, w = _GLYPH.shape[0] * cell + 2 * cell, _GLYPH.shape[1] * cell + 2 * cell
+    lo, hi = round(0.03 * S), round(0.07 * S)
+    cols = slice(lo, hi + w) if state == 1 else slice(S - hi - w, S - lo)
+    region[lo:hi + h, cols] = True
+    return region
+
+
 # ----------------------------------------------------------------------------- public API
 def _check(image_size, difficulty, marker_bias) -> None:
     """Reject parameter values the generator cannot honour, naming the value and the valid range."""
