@@ -23,6 +23,8 @@ Usage: ./run_all.sh [--test] [options]
   --fail-fast          stop at the first failing notebook (default: run all, summarise, exit 1)
   --wait               queue behind another running ./run_all.sh instead of exiting
   --dry-run            print the notebook plan and exit
+  --ray ADDRESS        train notebook 04's runs on a Ray cluster first (e.g. auto, or
+                       head-node:6379); the notebooks then read the finished run folders
   -h, --help           this text
 
 Environment: PYTHON (interpreter used to create .venv, default python3),
@@ -56,7 +58,7 @@ bootstrap() {
   if [ "$want" != "$have" ]; then
     echo "[bootstrap] installing lossbench-cxr and its dependencies into .venv (first time: a few minutes)"
     .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    .venv/bin/python -m pip install --quiet -e ".[test,cluster]"
     echo "$want" > .venv/.lossbench-installed
   fi
 }

@@ -121,6 +121,8 @@ def parse_args(argv=None):
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
     ap.add_argument("--wait", action="store_true", help="wait for another running pipeline instead of exiting")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--ray", default="", metavar="ADDRESS", help="train notebook 04's runs on the Ray cluster at "
+                    "ADDRESS first (e.g. auto); the notebooks then read the finished run folders")
     return ap.parse_args(argv)
 
 
@@ -151,6 +153,31 @@ def check_args(args) -> None:
         raise SystemExit(f"--seeds: {bad} not integer(s); use comma-separated integers, e.g. --seeds 0,1")
 
 
+def ray_sweep(args, jobs: List[Job], seeds, dry_run: bool = False) -> None:
+    """``--ray ADDRESS``: train notebook 04's runs with support.sweep on Ray before the notebooks run.
+
+    The notebooks then find those run folders finished (same keys) and only read them; a run that
+    failed on Ray is retried by its notebook here. ``--force`` is spent on the sweep, not repeated.
+    """
+    per_loss = [j for j in jobs if j.notebook.name.startswith(PER_LOSS)]
+    if not args.ray or not per_loss:
+        return
+    from . import sweep
+
+    configs = sweep.notebook_configs(args.profile, args.data, _csv(args.losses) or None, seeds)
+    print(f"[run_all] --ray {args.ray}: {len(configs)} runs of {PER_LOSS} trained by support.sweep on Ray first")
+    if dry_run:
+        return
+    try:
+        sweep.run(configs, "ray", address=args.ray, force=args.force)
+    except (ImportError, ConnectionError) as exc:
+        raise SystemExit(f"--ray {args.ray}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the notebooks retry (and report) what failed on Ray
+        print(f"[run_all] --ray: {exc}; notebook {PER_LOSS} retries those runs here")
+    for j in per_loss:
+        j.parameters["force"] = False
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from .data import parse_data_spec
@@ -163,10 +190,13 @@ def main(argv=None) -> int:
     if args.dry_run:
         for j in jobs:
             print(j.notebook.name, j.parameters)
+        ray_sweep(args, jobs, seeds, dry_run=True)
         return 0
     lock = acquire_lock(args.wait)
     start = time.perf_counter()
     from tqdm.auto import tqdm
+
+    ray_sweep(args, jobs, seeds)
 
     print(f"[run_all] profile={args.profile} data={args.data} ({name}) notebooks={len(jobs)} "
           f"runs={paths.runs_dir()} figures={paths.figures_dir()}")

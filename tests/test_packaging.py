@@ -17,7 +17,8 @@ def _pyproject_deps():
         import tomli as tomllib
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     project = data["project"]
-    return project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    return project["dependencies"] + extras["test"] + extras["cluster"]  # run_all.sh installs .[test,cluster]
 
 
 def _env_deps():
