@@ -268,7 +268,8 @@ class ResultsPanel:
             self._blank()
             return
         self.bars = compare.bars_frame(self.table, metric)
-        self.chosen = {f"{label} · seed {rs[0].seed}": rs[0] for label, rs in compare.group_by_loss(chosen).items()}
+        groups = compare.group_by_loss(chosen)  # lowest selected seed of each loss, best mean MCC first
+        self.chosen = {f"{label} · seed {groups[label][0].seed}": groups[label][0] for label in self.table["loss"]}
         self.source = chosen[0].metrics["data_source"]
         n = len(chosen[0].labels(split))
         y_test, classes = chosen[0].labels("test"), chosen[0].metrics["classes"]
