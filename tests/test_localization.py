@@ -238,6 +238,9 @@ def test_evaluate_runs_and_ensemble_end_to_end(tiny):
     table = loc.display_table(long, "gradcam")
     assert list(table["entry"])[:1] and "lesion_pointing" in table.columns
     assert "pointing game" in loc.conclusions(long, "gradcam")
+    numeric = loc.numeric_table(long, "gradcam")          # the CSV notebook 09 reads (headline: pointing)
+    assert {"pointing", "pointing_boot_lo", "energy_boot_hi", "iou", "road"} <= set(numeric.columns)
+    assert numeric["pointing"].is_monotonic_decreasing and len(numeric) == 4
 
 
 @pytest.mark.slow

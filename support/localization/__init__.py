@@ -29,7 +29,7 @@ from .cams import (CAM_METHODS, CamExtractor, LocalizationError, compute_cams, e
 from .metrics import (FIXED_THRESHOLDS, LOC_METRICS, THRESHOLD_GRID, area_fraction, best_threshold, dice,
                       energy_inside, image_metrics, iou, pointing_game, road_scores)
 from .evaluate import (Entry, LocalizationResult, chance_level, conclusions, display_table, ensemble_entries, evaluate,
-                       lesion_index, load_model, run_cams, single_entries, summary)
+                       lesion_index, load_model, numeric_table, run_cams, single_entries, summary)
 from .boxes import box_masks, read_boxes, with_box_masks
 from . import figures, shortcut
 
@@ -37,7 +37,7 @@ __all__ = [
     "CAM_METHODS", "CamExtractor", "LocalizationError", "compute_cams", "ensemble_cam", "get_method", "names",
     "resize_cams", "target_layer", "FIXED_THRESHOLDS", "LOC_METRICS", "THRESHOLD_GRID", "area_fraction",
     "best_threshold", "dice", "energy_inside", "image_metrics", "iou", "pointing_game", "road_scores", "Entry",
-    "LocalizationResult", "chance_level", "conclusions", "display_table", "ensemble_entries", "evaluate", "lesion_index",
-    "load_model", "run_cams", "single_entries", "summary", "box_masks", "read_boxes", "with_box_masks",
-    "figures", "shortcut",
+    "LocalizationResult", "chance_level", "conclusions", "display_table", "ensemble_entries", "evaluate",
+    "lesion_index", "load_model", "numeric_table", "run_cams", "single_entries", "summary", "box_masks",
+    "read_boxes", "with_box_masks", "figures", "shortcut",
 ]

@@ -298,6 +298,24 @@ def display_table(long: pd.DataFrame, method: str = "gradcam", metrics: Sequence
     return wide[["entry", "kind", "n_images", "n_seeds"] + [m for m in metrics if m in wide.columns]]
 
 
+#: Report column names of the numeric table (notebook 09 reads ``pointing`` as the headline).
+REPORT_NAMES = {"lesion_pointing": "pointing", "lesion_energy": "energy", "lesion_iou@best": "iou",
+                "lesion_dice@best": "dice", "lung_energy": "lung_energy", "road": "road"}
+
+
+def numeric_table(long: pd.DataFrame, method: str = "gradcam") -> pd.DataFrame:
+    """One row per model for one CAM method: ``<name>``, ``<name>_boot_lo``, ``<name>_boot_hi`` per metric
+    (names of :data:`REPORT_NAMES`), best pointing game first; the CSV behind the display table."""
+    t = long[(long["method"] == method) & long["metric"].isin(list(REPORT_NAMES))]
+    out = t.drop_duplicates("entry")[["entry", "kind", "n_seeds"]].set_index("entry")
+    for metric, name in REPORT_NAMES.items():
+        part = t[t["metric"] == metric].set_index("entry")
+        for col, suffix in (("value", ""), ("boot_lo", "_boot_lo"), ("boot_hi", "_boot_hi")):
+            out[name + suffix] = part[col]
+        out[f"{name}_n_images"] = part["n_images"]
+    return out.sort_values("pointing", ascending=False).reset_index() if "pointing" in out else out.reset_index()
+
+
 def chance_level(long: pd.DataFrame, prefix: str = "lesion") -> float:
     """Mean mask area fraction: the pointing/energy score of a CAM without information."""
     area = long[long["metric"] == f"{prefix}_area"]["value"]

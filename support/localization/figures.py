@@ -103,7 +103,9 @@ def shortcut_figure(result) -> "object":
     acc, att = result.accuracy, result.attention
     losses = list(acc["loss"])
     y = np.arange(len(losses))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.55 * len(losses) + 2.2))
+    height = 0.6 * len(losses) + 2.8
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, height))
+    below = -0.55 / (height - 1.6)  # legend anchor under the x label, in axes units
     a1.plot(acc["clean_test_acc"], y + 0.15, "o", color="C0", label="clean training: test")
     a1.plot(acc["biased_val_acc"], y - 0.15, "^", mfc="none", color="C3", label="marker-biased: validation (marker works)")
     err = np.vstack([acc["biased_test_acc"] - (acc["clean_test_acc"] - acc["drop_hi"]),
@@ -113,7 +115,7 @@ def shortcut_figure(result) -> "object":
     a1.set_yticks(y, losses)
     a1.set_xlabel("accuracy")
     a1.grid(axis="x", alpha=0.3)
-    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, below), ncol=1)
     a1.set_title("accuracy", fontsize=9)
     width = 0.2
     specs = (("marker_energy", "clean", "C0", "//"), ("marker_energy", "biased", "C3", "//"),
@@ -133,7 +135,7 @@ def shortcut_figure(result) -> "object":
     a2.set_yticks(y, losses)
     a2.set_xlabel(f"share of Grad-CAM energy (dashed: marker region's area, {chance:.3f})")
     a2.grid(axis="x", alpha=0.3)
-    a2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    a2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, below), ncol=2)
     a2.set_title("where the CAM looks (test images with a marker)", fontsize=9)
     fig.suptitle(titled(f"Shortcut: corner marker tied to the class in train/val (marker_bias {result.marker_bias:g})",
                         result.source), fontsize=10)
