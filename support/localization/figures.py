@@ -72,8 +72,7 @@ def metric_bars(long: pd.DataFrame, metric: str, source: str, method: str = "gra
     ax = fig.axes[0]
     if np.isfinite(chance):
         ax.axvline(chance, ls="--", color="0.5", lw=1)
-        ax.annotate("no information (mask area)", (chance, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(3, -10), textcoords="offset points", fontsize=7, color="0.4")
+        ax.set_xlabel(ax.get_xlabel() + f"\ndashed: a CAM without information (mean mask area, {chance:.3f})")
     ax.set_title(titled(f"{metric.replace('_', ' ')} of {method} CAMs, test images with lesions", source))
     fig.tight_layout()
     return fig
