@@ -8,6 +8,8 @@ the folder.
 """
 from __future__ import annotations
 
+import json
+
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -73,10 +75,12 @@ class Run:
 
     @property
     def label(self) -> str:
-        """Display name: the loss, plus parameters that differ from defaults."""
+        """Display name: the loss, plus parameters that differ from defaults, plus `` · lung crop``
+        when the run was trained on lung-cropped data (``load(..., lung_crop=...)``)."""
         params = self.metrics.get("loss_params") or {}
         extra = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
-        return f"{self.loss}[{extra}]" if extra else self.loss
+        label = f"{self.loss}[{extra}]" if extra else self.loss
+        return label + " · lung crop" if (self.metrics.get("data") or {}).get("lung_crop") else label
 
     def probs(self, split: str = "test") -> np.ndarray:
         return self.predictions[f"{split}_probs"]
@@ -109,7 +113,8 @@ def find_runs(runs_dir=None, check: bool = True, **filters) -> List[Run]:
     root = Path(runs_dir) if runs_dir else paths.runs_dir()
     found, problems = [], []
     if root.exists():
-        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "seg-"))):
+            # seg-* folders are lung U-Nets (support.segmentation.find_seg_runs reads them)
             if not (d / "metrics.json").exists():
                 continue  # unfinished: resumed by training, never read as a result
             run = Run(d)
@@ -132,10 +137,24 @@ def find_runs(runs_dir=None, check: bool = True, **filters) -> List[Run]:
 find_runs.problems = []
 
 
+def _resolved_data(data: dict) -> dict:
+    """A data config as training stores it in metrics.json: defaults filled in, JSON types."""
+    from .data.core import resolve_params
+
+    params = dict(data)
+    name = params.pop("name")
+    _, resolved = resolve_params(name, params)
+    return json.loads(json.dumps({"name": name, **resolved}))
+
+
 def _matches(metrics: dict, key: str, want) -> bool:
     value = metrics.get(key)
     if key == "data" and isinstance(want, dict):
-        return all(value.get(k) == v for k, v in want.items())
+        if "name" in want:
+            # The same data exactly: the filter is resolved like a training config (defaults filled in),
+            # so a run on other data (marker_bias, difficulty, lung_crop...) never joins the table.
+            return value == _resolved_data(want)
+        return all(value.get(k) == v for k, v in want.items())  # a partial filter: subset match
     if isinstance(want, (list, tuple, set)):
         return value in want
     return value == want

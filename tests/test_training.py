@@ -210,3 +210,12 @@ def test_warm_up_epochs_do_not_count_towards_early_stopping(isolated_dirs, tiny_
     assert epochs == {0: 2, 3: 4}
     with pytest.raises(ValueError, match="start_from_epoch=-1 must be >= 0"):
         tiny_config(start_from_epoch=-1)
+
+
+@pytest.mark.slow
+def test_find_runs_matches_the_data_exactly(isolated_dirs, tiny_data):
+    plain = training.train_one(tiny_config(max_epochs=1), data=tiny_data, progress=False)
+    other = training.train_one(tiny_config(max_epochs=1, data={**TINY, "marker_bias": 0.5}), progress=False)
+    assert [r.path for r in runs.find_runs(data=TINY)] == [plain]  # defaults resolved; marker_bias run excluded
+    assert [r.path for r in runs.find_runs(data={**TINY, "marker_bias": 0.5})] == [other]
+    assert len(runs.find_runs(data={"n": 240})) == 2  # a partial filter (no name) is a subset match
