@@ -17,6 +17,19 @@ PAPER_LOSSES = (
     "cal_cce", "cal_kld", "cal_focal", "cal_hinge", "cal_neg_entropy",
 )
 
+#: The synthetic-nodule study's loss variants (support.nodules): CE end to end, the embedding losses in
+#: two stages (metric loss on a projection head, then a linear layer on frozen features).
+NODULE_VARIANTS = (
+    {"loss": "cce"},
+    {"loss": "contrastive", "mode": "two_stage"},
+    {"loss": "triplet", "mode": "two_stage"},
+    {"loss": "supcon", "mode": "two_stage"},
+)
+#: Training settings shared by every nodule profile (shared/papers/loss_generalization.md 3.5): Adam,
+#: lr 1e-3, betas (0.9, 0.999), no weight decay, no augmentation (it could destroy a factor), constant lr.
+_NODULE_TRAIN = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "augment": False, "lr_plateau": False,
+                 "head": "linear", "monitor": "val_accuracy"}
+
 PROFILES = {
     "smoke": {
         "data": {"name": "phantom", "n": 240, "image_size": 64},
@@ -32,6 +45,13 @@ PROFILES = {
                          "road_percentiles": (20, 50, 80), "k": 3, "ensemble_methods": ("average", "weighted"),
                          "grid_images": 3,
                          "shortcut": {"losses": ("cce", "focal"), "marker_bias": 0.9, "n_images": 8}},
+        "nodules": {
+            "data": {"image_size": 48, "n_train": 192, "n_val": 64, "n_test": 64, "seed": 0},
+            "train": {**_NODULE_TRAIN, "arch": "small_cnn", "arch_params": {"width": 8}, "image_size": 48,
+                      "batch_size": 64, "max_epochs": 2, "patience": 2},
+            "variants": NODULE_VARIANTS, "seeds": (0,), "learnability_check": False,
+            "n_probe": 128, "n_counterfactual": 24, "n_embed": 128, "embedding": "tsne", "bootstrap": 100,
+        },
     },
     "quick": {
         "data": {"name": "phantom", "n": 2400, "image_size": 128},
@@ -54,6 +74,15 @@ PROFILES = {
                          "road_percentiles": (20, 50, 80), "k": 3, "ensemble_methods": ("average", "weighted"),
                          "grid_images": 4,
                          "shortcut": {"losses": ("cce", "focal", "hinge"), "marker_bias": 0.9, "n_images": 64}},
+        # CPU-sized (the whole study ~3 min on 2 cores): 48² patches (the default radii still fit), small_cnn
+        # (8-16-32-64, linear head: h is the 64-d pooled trunk output), 1000 training patches, <= 8 epochs.
+        "nodules": {
+            "data": {"image_size": 48, "n_train": 1000, "n_val": 300, "n_test": 400, "seed": 0},
+            "train": {**_NODULE_TRAIN, "arch": "small_cnn", "arch_params": {"width": 8}, "image_size": 48,
+                      "batch_size": 128, "max_epochs": 8, "patience": 3, "start_from_epoch": 4},
+            "variants": NODULE_VARIANTS, "seeds": (0, 1, 2), "learnability_check": True,
+            "n_probe": 600, "n_counterfactual": 160, "n_embed": 400, "embedding": "tsne", "bootstrap": 1000,
+        },
     },
     "full": {
         "data": {"name": "phantom", "n": 5856, "image_size": 512},
@@ -68,6 +97,17 @@ PROFILES = {
                          "ensemble_methods": ("average", "weighted"), "grid_images": 4,
                          "shortcut": {"losses": ("cce", "focal", "ls_cce", "cal_cce"), "marker_bias": 0.9,
                                       "n_images": 256}},
+        # The notes' design (3.3-3.5): 64², the 4-block nodule_cnn, 10k/2k/2k, batch 256, <= 30 epochs, 5 seeds,
+        # plus the joint CE + lambda * metric variants (MASF-style).
+        "nodules": {
+            "data": {"image_size": 64, "n_train": 10000, "n_val": 2000, "n_test": 2000, "seed": 0},
+            "train": {**_NODULE_TRAIN, "arch": "nodule_cnn", "image_size": 64, "batch_size": 256,
+                      "max_epochs": 30, "patience": 5, "start_from_epoch": 3},
+            "variants": NODULE_VARIANTS + tuple({"loss": loss, "mode": "joint", "metric_weight": w}
+                                                for loss in ("contrastive", "triplet") for w in (0.1, 1.0)),
+            "seeds": (0, 1, 2, 3, 4), "learnability_check": True,
+            "n_probe": 2000, "n_counterfactual": 500, "n_embed": 1000, "embedding": "umap", "bootstrap": 1000,
+        },
     },
 }
 

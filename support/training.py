@@ -55,6 +55,12 @@ from .data.core import resolve_params
 from .losses._checks import NonFiniteError
 
 MONITORS = {"val_mcc": "max", "val_accuracy": "max", "val_loss": "min", "val_nll": "min"}
+#: How a loss trains the model (TrainConfig.mode; see _Member.outputs / compute_loss).
+MODES = ("end_to_end", "two_stage", "joint")
+#: Fields added after runs existed: left out of the run key while at their default, so older keys stay valid.
+_KEY_OPTIONAL = {"mode": "end_to_end", "metric_weight": 1.0}
+#: Training images a two-stage run embeds each epoch as the kNN reference of its validation score.
+KNN_REFERENCE, KNN_K = 2048, 20
 OPTIMIZERS = ("sgd", "adamw", "adam")
 #: Fields of TrainConfig that choose how a run executes, not what it computes; not in the run key.
 EXECUTION_FIELDS = ("device", "compile", "amp")
@@ -86,6 +92,14 @@ class TrainConfig:
     dcl_channels: int = 512  # width of the paper head's extra conv (the paper: 512)
     loss: str = "cce"
     loss_params: dict = field(default_factory=dict)
+    # How the loss trains the model (shared/papers/loss_generalization.md 3.4):
+    #   end_to_end  a classification loss on the logits (every loss of the multi-loss study);
+    #   two_stage   an embedding loss (contrastive, triplet, supcon) on z = ProjectionHead(h): encoder and
+    #               head train with it, validated by a kNN (k=20, cosine) on z; then a logistic regression
+    #               on the frozen features h becomes the linear layer, so best.pt is a plain classifier;
+    #   joint       cross-entropy on the logits + metric_weight * the embedding loss on z (MASF-style).
+    mode: str = "end_to_end"
+    metric_weight: float = 1.0  # lambda of the joint mode
     image_size: int = 512
     batch_size: int = 16
     optimizer: str = "sgd"
@@ -152,6 +166,15 @@ class TrainConfig:
         resolve_params(data.pop("name"), data)  # unknown source or parameter fails here, not after training
         models.get_arch(self.arch)         # unknown arch -> ValueError listing the valid ones
         losses.build(self.loss, **self.loss_params)  # unknown loss / bad params fail here, not mid-run
+        need(self.mode in MODES, f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        wanted = "classification" if self.mode == "end_to_end" else "embedding"
+        need(losses.family(self.loss) == wanted,
+             f"mode={self.mode!r} needs a{'n' if wanted == 'embedding' else ''} {wanted} loss, got {self.loss!r} "
+             f"({losses.family(self.loss)}); use mode='end_to_end' with {', '.join(losses.names('classification')[:3])}..."
+             f" or mode='two_stage'/'joint' with {', '.join(losses.names('embedding'))}")
+        need(isinstance(self.metric_weight, (int, float)) and not isinstance(self.metric_weight, bool)
+             and math.isfinite(self.metric_weight) and self.metric_weight > 0,
+             f"metric_weight={self.metric_weight!r} must be a positive number (lambda of the joint mode), e.g. 0.1")
         models.check_input_size(self.arch, self.image_size)
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ValueError(f"device={self.device!r}: use 'auto', 'cpu' or 'cuda[:N]'")
@@ -162,6 +185,9 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         for f in EXECUTION_FIELDS:
             d.pop(f)
+        for f, default in _KEY_OPTIONAL.items():
+            if d[f] == default:
+                d.pop(f)
         data = dict(self.data)
         name = data.pop("name")
         _, resolved = resolve_params(name, data)
@@ -291,6 +317,66 @@ def predict_probs(model: torch.nn.Module, images_u8: torch.Tensor, batch_size: i
     return torch.cat(outs) if outs else torch.empty(0)
 
 
+@torch.no_grad()
+def embed_images(model: torch.nn.Module, images_u8: torch.Tensor, head: Optional[torch.nn.Module] = None,
+                 amp: bool = False, batch_size: int = 256) -> torch.Tensor:
+    """``head(model.features(x))`` (float32, on the images' device) of uint8 images [N,H,W], eval mode.
+
+    ``head=None`` gives the pooled features h; pass a projection head for z.
+    """
+    model.eval()
+    if head is not None:
+        head.eval()
+    outs = []
+    for s in range(0, len(images_u8), batch_size):
+        with torch.autocast(images_u8.device.type, dtype=torch.bfloat16, enabled=amp):
+            h = model.features(prepare_batch(images_u8[s:s + batch_size]))
+            outs.append((head(h) if head is not None else h).float())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def knn_probs(ref_z: np.ndarray, ref_y, query_z: np.ndarray, num_classes: int, k: int = KNN_K) -> np.ndarray:
+    """Class probabilities [N, K] of a k-nearest-neighbour vote (cosine) of ``query_z`` among ``ref_z``."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    ref_y = np.asarray(ref_y.cpu() if isinstance(ref_y, torch.Tensor) else ref_y)
+    from threadpoolctl import threadpool_limits
+
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(ref_y)), metric="cosine").fit(ref_z, ref_y)
+    probs = np.zeros((len(query_z), num_classes))
+    with threadpool_limits(1):  # small problems: threaded BLAS is slower, much slower on a busy CPU
+        probs[:, knn.classes_] = knn.predict_proba(query_z)
+    return probs.astype(np.float32)
+
+
+def fit_linear_head(model: torch.nn.Module, features: np.ndarray, labels: np.ndarray) -> dict:
+    """Stage 2 of a two-stage run: a logistic regression on frozen features becomes ``model.fc``.
+
+    scikit-learn's ``LogisticRegression`` (L2, C=1, lbfgs) on standardised features; the scaler is
+    folded into the layer, so ``softmax(model(x))`` equals the fitted model's probabilities.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from threadpoolctl import threadpool_limits
+
+    scaler = StandardScaler().fit(features)
+    with threadpool_limits(1):  # see knn_probs
+        clf = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(features), labels)
+    coef, bias = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # binary: sigmoid(w.x + b) = softmax([0, w.x + b])[1]
+        coef, bias = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, bias[0]])
+    weight = np.zeros((model.fc.out_features, features.shape[1]))
+    weight[clf.classes_] = coef / scaler.scale_
+    b = np.full(model.fc.out_features, -1e4)  # a class absent from train is never predicted
+    b[clf.classes_] = bias - (coef * scaler.mean_ / scaler.scale_).sum(1)
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.from_numpy(weight))
+        model.fc.bias.copy_(torch.from_numpy(b))
+    return {"method": "sklearn LogisticRegression(C=1) on standardised frozen features",
+            "train_accuracy": float(clf.score(scaler.transform(features), labels))}
+
+
 def _val_scores(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict[str, float]:
     """Cheap per-epoch validation scores: accuracy, MCC (from the confusion matrix), NLL."""
     pred = probs.argmax(1)
@@ -322,8 +408,18 @@ class _Member:
         if class_weight is not None and config.class_weights and losses.family(config.loss) == "classification":
             params["class_weight"] = class_weight.to(device)
         self.loss_fn = losses.build(config.loss, **params).to(device)
+        self.projection = self.ce_fn = None
+        if config.mode != "end_to_end":  # embedding losses read z = ProjectionHead(h), h = model.features(x)
+            from .models.projection import ProjectionHead
+
+            width = self.model.feature_dim
+            self.projection = ProjectionHead(width, hidden=width).to(device)
+            if config.mode == "joint":
+                weight = class_weight.to(device) if class_weight is not None and config.class_weights else None
+                self.ce_fn = losses.build("cce", class_weight=weight).to(device)
+        self.reference = None  # (images, labels) of the kNN validation score of a two-stage run
         fused = {"fused": True} if device.type == "cuda" else {}
-        trainable = [p for p in self.model.parameters() if p.requires_grad]  # frozen members stay frozen
+        trainable = [p for p in self.parameters() if p.requires_grad]  # frozen members stay frozen
         if config.optimizer == "sgd":
             self.opt = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
                                        nesterov=config.momentum > 0, weight_decay=config.weight_decay, **fused)
@@ -353,16 +449,62 @@ class _Member:
     def improved(self, score: float) -> bool:
         return score > self.best_score if self.mode == "max" else score < self.best_score
 
+    # the hooks that let one loop train every mode ---------------------------
+    def parameters(self):
+        yield from self.model.parameters()
+        if self.projection is not None:
+            yield from self.projection.parameters()
+
+    def train(self) -> None:
+        self.model.train()
+        if self.projection is not None:
+            self.projection.train()
+
+    def outputs(self, x: torch.Tensor):
+        """``(logits or None, z or None)`` of a batch (run under autocast by the loop)."""
+        if self.projection is None:
+            return self.forward(x), None
+        h = self.model.features(x)  # eager: torch.compile wraps only the classifier's forward
+        return (self.model.fc(h) if self.config.mode == "joint" else None), self.projection(h)
+
+    def compute_loss(self, out, y: torch.Tensor) -> torch.Tensor:
+        logits, z = out
+        if z is None:
+            return self.loss_fn(logits.float(), y)
+        metric = self.loss_fn(z.float(), y)
+        return metric if logits is None else self.ce_fn(logits.float(), y) + self.config.metric_weight * metric
+
+    def val_probs(self, x_val: torch.Tensor, amp: bool) -> torch.Tensor:
+        """Validation probabilities: the classifier's, or (two-stage) a kNN's on z before the linear stage."""
+        if self.config.mode != "two_stage":
+            return predict_probs(self.model, x_val, amp=amp)
+        ref_x, ref_y = self.reference
+        probs = knn_probs(self.embed(ref_x, amp), ref_y, self.embed(x_val, amp), self.model.num_classes)
+        return torch.from_numpy(probs).to(x_val.device)
+
+    def embed(self, images_u8: torch.Tensor, amp: bool = False, projected: bool = True) -> np.ndarray:
+        """z (or h with ``projected=False``) of uint8 images, float32 numpy."""
+        head = self.projection if projected else torch.nn.Identity()
+        return embed_images(self.model, images_u8, head, amp).cpu().numpy()
+
+    def save_best(self) -> None:
+        artifacts.save_state(self.run_dir / "best.pt", self.model.state_dict())
+        if self.projection is not None:  # kept apart: best.pt stays loadable as a plain Classifier
+            artifacts.save_state(self.run_dir / "projection.pt", self.projection.state_dict())
+
     # resume state ---------------------------------------------------------
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "sched": self.sched.state_dict() if self.sched else {},
                 "next_epoch": self.next_epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs, "active": self.active, "train_seconds": self.train_seconds,
-                "log": pd.DataFrame(self.log).to_json(orient="split") if self.log else ""}
+                "log": pd.DataFrame(self.log).to_json(orient="split") if self.log else "",
+                "projection": self.projection.state_dict() if self.projection is not None else {}}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        if self.projection is not None:
+            self.projection.load_state_dict(state["projection"])
         self.opt.load_state_dict(state["opt"])
         if self.sched and state["sched"]:
             self.sched.load_state_dict(state["sched"])
@@ -495,6 +637,9 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
             for stale in work.glob(".*.tmp"):  # half-written by a killed process; never read, now removed
                 stale.unlink(missing_ok=True)
             m = _Member(c, work, device, k, weights, input_stats)
+            if c.mode == "two_stage":  # a fixed, seeded subset of train: the kNN reference of each epoch
+                ref = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(c.seed))[:KNN_REFERENCE]
+                m.reference = (x_train[ref.to(device)], y_train[ref.to(device)])
             m.final_dir = d
             if not force and (work / "last.pt").exists():
                 try:
@@ -522,7 +667,7 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
             perm = torch.randperm(n, generator=gen)
             t0 = time.perf_counter()
             for m in todo:
-                m.model.train()
+                m.train()
                 m.loss_sum.zero_()
                 m.seen = 0
             batches = [perm[s:s + first.batch_size] for s in range(0, n, first.batch_size)]
@@ -540,9 +685,9 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
                     if m.stochastic:
                         torch.manual_seed(m.config.seed * 7919 + epoch * 100_003 + step)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        logits = m.forward(x)
+                        out = m.outputs(x)
                     try:
-                        loss = m.loss_fn(logits.float(), y)
+                        loss = m.compute_loss(out, y)
                     except NonFiniteError as exc:  # this run diverged: stop it, the others go on
                         _fail(m, epoch, f"training loss became non-finite ({exc})")
                         continue
@@ -585,7 +730,7 @@ def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds:
     if not math.isfinite(train_loss):
         _fail(m, epoch, f"training loss became {train_loss}")
         return
-    probs = predict_probs(m.model, x_val, amp=amp)
+    probs = m.val_probs(x_val, amp)
     scores = _val_scores(probs, y_val, k)
     with torch.no_grad():
         logits = torch.log(probs.clamp_min(1e-12))  # log-probabilities act as logits for the loss
@@ -597,7 +742,7 @@ def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds:
     warm = epoch < m.config.start_from_epoch  # warm-up: no patience counted, no LR decay
     if m.improved(score):
         m.best_score, m.best_epoch, m.bad_epochs = score, epoch, 0
-        artifacts.save_state(m.run_dir / "best.pt", m.model.state_dict())
+        m.save_best()
     elif not warm:
         m.bad_epochs += 1
     if m.sched and not warm:
@@ -614,6 +759,21 @@ def _finish(m: _Member, bundle, size: int, device, amp: bool, force: bool) -> No
     from . import metrics as metrics_mod
 
     m.model.load_state_dict(artifacts.load_state(m.run_dir / "best.pt", map_location=device))
+    extra = {}
+    if m.projection is not None:
+        m.projection.load_state_dict(artifacts.load_state(m.run_dir / "projection.pt", map_location=device))
+        x_tr, y_tr = to_device_images(bundle.splits["train"].images, size, device), bundle.splits["train"].labels
+        if m.config.mode == "two_stage":  # stage 2: the linear layer on frozen h, saved into best.pt
+            extra["linear_stage"] = fit_linear_head(m.model, m.embed(x_tr, amp, projected=False), y_tr.numpy())
+            artifacts.save_state(m.run_dir / "best.pt", m.model.state_dict())
+        ref_z = m.embed(x_tr, amp)
+        knn = {"k": KNN_K, "metric": "cosine", "space": "z (projection head output)"}
+        for split in ("val", "test"):
+            s = bundle.splits[split]
+            if len(s):
+                probs = knn_probs(ref_z, y_tr, m.embed(to_device_images(s.images, size, device), amp), len(bundle.classes))
+                knn[f"{split}_accuracy"] = float((probs.argmax(1) == s.labels.numpy()).mean())
+        extra["knn"] = knn
     arrays, report = {"classes": np.array(bundle.classes)}, {}
     for split in ("val", "test"):
         s = bundle.splits[split]
@@ -632,7 +792,7 @@ def _finish(m: _Member, bundle, size: int, device, amp: bool, force: bool) -> No
         "epochs_run": epochs_run, "stopped_early": epochs_run < c.max_epochs, "monitor": c.monitor,
         "best_val_score": m.best_score, "train_seconds": m.train_seconds,
         "train_images_per_second": len(bundle.splits["train"]) * epochs_run / max(m.train_seconds, 1e-9),
-        "device": str(device), **report,
+        "device": str(device), "mode": c.mode, **extra, **report,
     }
     artifacts.write_json(m.run_dir / "metrics.json", summary)  # written last: marks the run finished
     # Only now: a kill or a full disk before this point resumes from last.pt instead of retraining.

@@ -63,3 +63,15 @@ def test_compare_table_lists_every_smoke_loss(smoke_pipeline):
     table = (root / "runs" / "report" / "05_losses_smoke.csv").read_text()
     for loss in profiles.get("smoke")["losses"]:
         assert loss in table
+
+
+def test_nodule_study_table_and_figures(smoke_pipeline):
+    from support import profiles
+    from support.nodules import variant_label
+
+    root, _ = smoke_pipeline
+    table = (root / "runs" / "report" / "08_nodules_smoke.csv").read_text()
+    for variant in profiles.get("smoke")["nodules"]["variants"]:
+        assert variant_label(variant) in table
+    for name in ("08_accuracy_vs_rho_smoke", "08_probes_smoke", "08_counterfactuals_smoke", "08_embeddings_smoke"):
+        assert (root / "figures" / f"{name}.png").exists(), name
