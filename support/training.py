@@ -13,7 +13,9 @@ scaled to [0, 1] (the paper's ``rescale=1/255``, no mean/std normalisation)
 and, if ``augment``, randomly affine-warped on the device. On CUDA: bf16
 autocast, channels_last, fused optimisers, optional ``torch.compile`` (falls
 back to eager when compilation fails), and no host synchronisation inside an
-epoch (losses are summed on the device and read once per epoch).
+epoch: the losses are summed on the device and so are the results of the loss
+functions' input checks (finite logits, label range; ``losses._checks.deferred``);
+both are read once per epoch, where a diverged run is stopped.
 
 Run folder ``runs/<key>/`` (contract, see ../shared/design.md): ``config.json``
 (written first), ``log.csv`` (one row per epoch), ``best.pt`` (state dict of
@@ -52,7 +54,7 @@ from tqdm.auto import tqdm
 from . import artifacts, losses, models, paths
 from .data import load as load_data
 from .data.core import resolve_params
-from .losses._checks import NonFiniteError
+from .losses._checks import DeferredChecks, NonFiniteError, deferred
 
 MONITORS = {"val_mcc": "max", "val_accuracy": "max", "val_loss": "min", "val_nll": "min"}
 #: How a loss trains the model (TrainConfig.mode; see _Member.outputs / compute_loss).
@@ -64,6 +66,9 @@ KNN_REFERENCE, KNN_K = 2048, 20
 OPTIMIZERS = ("sgd", "adamw", "adam")
 #: Fields of TrainConfig that choose how a run executes, not what it computes; not in the run key.
 EXECUTION_FIELDS = ("device", "compile", "amp")
+#: Memory format of models and batches. channels_last pays on CUDA and on the CPU (oneDNN) alike
+#: (measured 1.3-2x for small_cnn); False is the plain contiguous path (tests: same numbers).
+CHANNELS_LAST = True
 
 
 class TrainingError(RuntimeError):
@@ -287,13 +292,18 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     shift = (r[:, 2:] * 2 - 1) * 0.1  # affine_grid units: 2 = full image, so 0.1 = 5 %
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    theta = theta.to(x.device, x.dtype, non_blocking=True)  # no host sync in the step
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def prepare_batch(images_u8: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-    """uint8 [B,H,W] -> float [B,1,H,W] in [0, 1] (the model standardises it further)."""
+def prepare_batch(images_u8: torch.Tensor, channels_last: Optional[bool] = None) -> torch.Tensor:
+    """uint8 [B,H,W] -> float [B,1,H,W] in [0, 1] (the model standardises it further).
+
+    ``channels_last=None`` follows :data:`CHANNELS_LAST`.
+    """
     x = images_u8.unsqueeze(1).float().div_(255.0)
+    channels_last = CHANNELS_LAST if channels_last is None else channels_last
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -402,8 +412,8 @@ class _Member:
         self.model = models.build(config.arch, num_classes, in_chans=1, head=config.head,
                                   dcl_channels=config.dcl_channels, **config.arch_params).to(device)
         self.model.set_input_stats(*input_stats)
-        # channels_last pays on CUDA and on the CPU (oneDNN) alike: measured 1.3-2x for small_cnn.
-        self.model = self.model.to(memory_format=torch.channels_last)
+        if CHANNELS_LAST:  # see CHANNELS_LAST
+            self.model = self.model.to(memory_format=torch.channels_last)
         params = dict(config.loss_params)
         if class_weight is not None and config.class_weights and losses.family(config.loss) == "classification":
             params["class_weight"] = class_weight.to(device)
@@ -664,17 +674,17 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
             if not todo:
                 continue
             gen = torch.Generator().manual_seed(first.seed * 1_000_003 + epoch)
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen).to(device)  # one host-to-device copy per epoch
             t0 = time.perf_counter()
             for m in todo:
                 m.train()
                 m.loss_sum.zero_()
+                m.checks = DeferredChecks()  # the loss input checks of this epoch, read at its end
                 m.seen = 0
             batches = [perm[s:s + first.batch_size] for s in range(0, n, first.batch_size)]
             if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one sample
                 batches = batches[:-1]
             for step, idx in enumerate(batches):
-                idx = idx.to(device)
                 x = prepare_batch(x_train[idx])
                 if first.augment:
                     x = augment_batch(x, gen)
@@ -687,7 +697,8 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                         out = m.outputs(x)
                     try:
-                        loss = m.compute_loss(out, y)
+                        with deferred(m.checks):  # checks stay on the device: no host sync per step
+                            loss = m.compute_loss(out, y)
                     except NonFiniteError as exc:  # this run diverged: stop it, the others go on
                         _fail(m, epoch, f"training loss became non-finite ({exc})")
                         continue
@@ -696,10 +707,17 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
                     m.opt.step()
                     m.loss_sum += loss.detach() * len(idx)
                     m.seen += len(idx)
+            if device.type == "cuda":  # let the queued steps finish: the epoch's true seconds
+                torch.cuda.synchronize(device)
             elapsed = (time.perf_counter() - t0) / max(len(todo), 1)
             for m in todo:
                 if m.active:
                     m.train_seconds += elapsed
+                    try:
+                        m.checks.raise_if_bad()  # the epoch's deferred loss input checks: one sync
+                    except NonFiniteError as exc:  # this run diverged: stop it, the others go on
+                        _fail(m, epoch, f"training loss became non-finite ({exc})")
+                        continue
                     _end_epoch(m, epoch, x_val, y_val, k, amp, elapsed)
             shown = todo[0].log[-1] if todo[0].log else {}
             bar.set_postfix(loss=f"{shown.get('train_loss', float('nan')):.3f}",

@@ -8,9 +8,15 @@ raises ``ValueError``.
 
 The tensor checks that need the data (finite values, target range) are
 combined into one boolean reduction, so they cost one device sync per call.
+Inside ``with deferred(checks):`` they cost none: the results stay on the
+device in a :class:`DeferredChecks` and are read once, by
+:meth:`DeferredChecks.raise_if_bad` (the training loop does so once per epoch,
+so that its CUDA step never waits for the host).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import numbers
 from typing import Optional, Sequence
 
@@ -95,6 +101,62 @@ class NonFiniteError(ValueError):
     """Logits (or a mask) hold NaN/inf: the model diverged. The training loop stops that run only."""
 
 
+class DeferredChecks:
+    """The data checks of many loss calls, kept on the device and read back once.
+
+    A normal check reads one boolean from the device per call; on CUDA that is a
+    host synchronisation per step per model, which drains the launch queue.
+    Under ``with deferred(checks):`` each check ORs its result into a flag on the
+    device instead (no sync, shapes and dtypes are still checked at once), and
+    :meth:`raise_if_bad` raises the same error types later: :class:`NonFiniteError`
+    for NaN/inf inputs, ``ValueError`` for labels or masks out of range. The
+    message says which loss and which check failed, not which call.
+    """
+
+    def __init__(self):
+        self._flags: dict = {}  # (loss, what, error type) -> device bool tensor
+
+    def note(self, loss: str, what: str, error: type, bad: torch.Tensor) -> None:
+        key = (loss, what, error)
+        seen = self._flags.get(key)
+        self._flags[key] = bad.detach().clone() if seen is None else seen.logical_or_(bad.to(seen.device))
+
+    def reset(self) -> None:
+        self._flags.clear()
+
+    def raise_if_bad(self) -> None:
+        """Raise the first failed check (one device sync for all of them), then forget them."""
+        if not self._flags:
+            return
+        keys = list(self._flags)
+        first = next(iter(self._flags.values()))
+        failed = torch.stack([self._flags[k].to(first.device) for k in keys]).tolist()
+        self.reset()
+        for (loss, what, error), bad in zip(keys, failed):
+            if bad and error is NonFiniteError:
+                raise NonFiniteError(f"{loss}: {what} held NaN or inf values in at least one call (checks "
+                                     "deferred); the model diverged or the input is corrupt: check the "
+                                     "learning rate and the data")
+        for (loss, what, error), bad in zip(keys, failed):
+            if bad:
+                raise error(f"{loss}: {what} (checks deferred; call the loss outside deferred() to see the "
+                            "values)")
+
+
+_DEFERRED: contextvars.ContextVar[Optional[DeferredChecks]] = contextvars.ContextVar("deferred_checks",
+                                                                                    default=None)
+
+
+@contextlib.contextmanager
+def deferred(checks: DeferredChecks):
+    """Loss calls inside this block note their data checks in ``checks`` instead of syncing."""
+    token = _DEFERRED.set(checks)
+    try:
+        yield checks
+    finally:
+        _DEFERRED.reset(token)
+
+
 def _raise_nonfinite(loss: str, name: str, x: torch.Tensor) -> None:
     n_nan = int(torch.isnan(x).sum())
     n_inf = int(torch.isinf(x).sum())
@@ -113,8 +175,14 @@ def classification(loss: str, logits, target, num_weights: Optional[int] = None)
     if num_weights is not None and num_weights != k:
         raise ValueError(f"{loss}: class_weight has {num_weights} entries but logits have K = {k} classes; "
                          "pass one weight per class")
-    bad = (~torch.isfinite(logits)).any() | (target < 0).any() | (target >= k).any()
-    if bool(bad):  # one sync; details only on the error path
+    nonfinite = (~torch.isfinite(logits)).any()
+    out_of_range = (target < 0).any() | (target >= k).any()
+    sink = _DEFERRED.get()
+    if sink is not None:  # no sync: read later by sink.raise_if_bad()
+        sink.note(loss, "logits", NonFiniteError, nonfinite)
+        sink.note(loss, f"target values must be class indices in [0, {k - 1}] (K = {k})", ValueError, out_of_range)
+        return
+    if bool(nonfinite | out_of_range):  # one sync; details only on the error path
         if not torch.isfinite(logits).all():
             _raise_nonfinite(loss, "logits", logits)
         wrong = target[(target < 0) | (target >= k)]
@@ -136,8 +204,14 @@ def segmentation(loss: str, logits, mask) -> None:
     if mask.is_complex():
         raise TypeError(f"{loss}: mask must be bool or real, got dtype {mask.dtype}")
     m = mask.to(logits.dtype)
-    bad = (~torch.isfinite(logits)).any() | (m < 0).any() | (m > 1).any() | torch.isnan(m).any()
-    if bool(bad):
+    nonfinite = (~torch.isfinite(logits)).any()
+    out_of_range = (m < 0).any() | (m > 1).any() | torch.isnan(m).any()
+    sink = _DEFERRED.get()
+    if sink is not None:
+        sink.note(loss, "logits", NonFiniteError, nonfinite)
+        sink.note(loss, "mask values must lie in [0, 1]", ValueError, out_of_range)
+        return
+    if bool(nonfinite | out_of_range):
         if not torch.isfinite(logits).all():
             _raise_nonfinite(loss, "logits", logits)
         raise ValueError(f"{loss}: mask values must lie in [0, 1] (0 = background, 1 = lung), got range "
@@ -152,5 +226,9 @@ def embedding(loss: str, features, labels) -> None:
         raise ValueError(f"{loss}: features must have shape [B, D] or [B, V, D] (V views), got "
                          f"{tuple(features.shape)}")
     _labels(loss, "labels", labels, features.shape[0], "class labels")
+    sink = _DEFERRED.get()
+    if sink is not None:
+        sink.note(loss, "features", NonFiniteError, (~torch.isfinite(features)).any())
+        return
     if not bool(torch.isfinite(features).all()):
         _raise_nonfinite(loss, "features", features)
