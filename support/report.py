@@ -93,6 +93,7 @@ class Report:
                                        escape=True, float_format="%.3f", position="htbp")
                 body.append(tex.replace("\\begin{tabular}", "\\resizebox{\\textwidth}{!}{\\begin{tabular}")
                                .replace("\\end{tabular}", "\\end{tabular}}"))
+        body = [_tex_unicode(b) for b in body]
         return ("\\documentclass{article}\n\\usepackage[margin=1.5cm]{geometry}\n\\usepackage{booktabs}\n"
                 "\\usepackage{graphicx}\n\\usepackage[utf8]{inputenc}\n\\begin{document}\n"
                 f"\\section*{{lossbench-cxr report: profile {_tex_escape(self.profile)}}}\n"
@@ -117,6 +118,17 @@ class Report:
 def _tex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
                  ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        text = text.replace(a, b)
+    return text
+
+
+_TEX_UNICODE = {"±": r"$\pm$", "²": r"$^2$", "·": r"$\cdot$", "—": "---", "–": "--", "ρ": r"$\rho$",
+                "Δ": r"$\Delta$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", "β": r"$\beta$"}
+
+
+def _tex_unicode(text: str) -> str:
+    """Symbols that plain pdflatex cannot typeset from UTF-8, as LaTeX commands."""
+    for a, b in _TEX_UNICODE.items():
         text = text.replace(a, b)
     return text
 

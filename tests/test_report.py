@@ -45,6 +45,7 @@ def test_report_collects_recomputes_and_notes_missing_studies(with_runs):
     for t in seg + rep.studies["05"]:
         assert "Data:" in t.full_caption and t.source in t.full_caption
     assert "Data: lung phantom" in md and "\\caption{" in tex and "\\begin{document}" in tex
+    assert "²" not in tex and "64$^2$" in tex  # pdflatex-safe symbols (the data source says 64²)
     assert (paths.report_dir() / "09_losses_smoke.tex").exists()
 
 
