@@ -217,8 +217,13 @@ def headline(table: Table, preferred: Sequence[str]):
     metric = next((columns[m] for m in (f"{p}{s}" for p in preferred for s in ("_mean", "")) if m in columns), None)
     if metric is None:
         return None
-    label_col = next((c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) and c != metric), None)
-    labels = frame[label_col].astype(str).to_numpy() if label_col else frame.index.astype(str).to_numpy()
+    text_cols = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) and c != metric]
+    if not text_cols:
+        labels = frame.index.astype(str).to_numpy()
+    elif frame[text_cols[0]].duplicated().any() and len(text_cols) > 1:  # e.g. loss x preset rows
+        labels = (frame[text_cols[0]].astype(str) + " / " + frame[text_cols[1]].astype(str)).to_numpy()
+    else:
+        labels = frame[text_cols[0]].astype(str).to_numpy()
     values = _numbers(frame[metric])
     base = metric[:-5] if metric.endswith("_mean") else metric
     ok = np.isfinite(values)

@@ -78,3 +78,9 @@ def test_summary_figure_has_a_panel_per_study(with_runs):
     assert titles == ["02 · Lung segmentation", "05 · Per-loss classification metrics"]
     texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
     assert texts.count("not run yet") >= 3 and SOURCE in fig._suptitle.get_text()
+
+
+def test_headline_labels_rows_by_two_columns_when_the_first_repeats():
+    frame = pd.DataFrame({"loss": ["ce", "ce", "supcon"], "preset": ["iid", "shifted", "iid"], "auroc": [0.9, 0.7, 0.8]})
+    labels, values, ci, metric = report.headline(report.Table("08", "t", frame, "c", "s"), ("auroc",))
+    assert list(labels) == ["ce / iid", "ce / shifted", "supcon / iid"] and ci is None and metric == "auroc"
