@@ -244,6 +244,7 @@ CASES = {
 }
 
 
+@pytest.mark.filterwarnings("ignore::support.data.images.SkippedImagesWarning")  # images-all-unreadable warns first
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_bad_input_names_the_value_and_the_fix(case, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSBENCH_DATA_DIR", str(tmp_path / "data"))
