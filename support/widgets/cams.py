@@ -3,9 +3,9 @@
     cams = run_cams(runs, index=3)            # test image 3, one CAM per run
     fig = cam_figure(cams, source)            # image + lesion contour, then a CAM per run
 
-Built on pytorch-grad-cam (``GradCAM`` on the model's ``.dcl``, used as a
-context manager so that its hooks are released). Each run's model is rebuilt
-from its ``config.json`` and ``best.pt`` on the CPU; the image comes from the
+The CAMs are those of :mod:`support.localization` (pytorch-grad-cam's
+GradCAM on the model's ``.dcl``, hooks released after use), computed on the
+CPU from each run's ``config.json`` and ``best.pt``; the image comes from the
 run's own data source (``support.data.load`` with the run's data settings,
 cached), and its id is checked against the run's stored predictions so that a
 changed data cache cannot silently pair a CAM with another image.
@@ -34,22 +34,10 @@ class CamSet:
     confidence: Dict[str, float] = field(default_factory=dict)
 
 
-def _model(run: Run) -> torch.nn.Module:
-    from .. import models
-
-    cfg = run.config.get("experiment") or run.config["config"]
-    model = models.build(cfg["arch"], num_classes=len(run.metrics["classes"]), head=cfg.get("head", "paper"),
-                         dcl_channels=cfg.get("dcl_channels", 512), **(cfg.get("arch_params") or {}))
-    models.load_weights(model, run.path / "best.pt")
-    return model.eval()
-
-
 def run_cams(runs: Sequence[Run], index: int, split: str = "test", labels: Optional[Sequence[str]] = None) -> CamSet:
     """Grad-CAM (target: each model's predicted class) of image ``index`` of ``split`` for every run."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from .. import data
+    from .. import data, localization
+    from ..localization.evaluate import input_size, load_model
     from ..training import prepare_batch, to_device_images
 
     if not runs:
@@ -70,17 +58,13 @@ def run_cams(runs: Sequence[Run], index: int, split: str = "test", labels: Optio
                  lesion_mask=mask)
     size = image.shape[-1]
     for label, run in zip(labels or [r.label for r in runs], runs):
-        model = _model(run)
-        train_size = (run.config.get("experiment") or run.config["config"])["image_size"]
-        x = prepare_batch(to_device_images(image, train_size, torch.device("cpu")), channels_last=False)
+        model = load_model(run)  # CPU, eval mode; model-level ensemble runs too
+        small = to_device_images(image, input_size(run), torch.device("cpu"))
         with torch.no_grad():
-            probs = torch.softmax(model(x), 1)[0]
+            probs = torch.softmax(model(prepare_batch(small, channels_last=False)), 1)[0]
         pred = int(probs.argmax())
-        with GradCAM(model=model, target_layers=[model.dcl]) as cam:
-            heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(pred)])[0]
-        heat = torch.nn.functional.interpolate(torch.as_tensor(heat)[None, None], size=(size, size),
-                                               mode="bilinear", align_corners=False)[0, 0].numpy()
-        out.cams[label] = heat
+        heat = localization.compute_cams(model, small, [pred], method="gradcam")
+        out.cams[label] = localization.resize_cams(heat, size)[0]
         out.predicted[label] = bundle.classes[pred]
         out.confidence[label] = float(probs[pred])
     return out
