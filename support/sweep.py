@@ -194,21 +194,26 @@ def split_finished(configs: Sequence[TrainConfig], runs_dir=None):
 def run(grid: Union[dict, str, os.PathLike, Sequence[TrainConfig]], backend: str = "local", *,
         runs_dir=None, force: bool = False, progress: bool = True, workers: int = 1,
         gpus: Optional[Sequence[int]] = None, address: Optional[str] = None, num_gpus: Optional[float] = None,
-        num_cpus: float = 1, max_retries: int = 3, shared_fs: bool = True, runtime_env: Optional[dict] = None,
-        worker_hook: Optional[Callable[[TrainConfig], None]] = None) -> SweepResult:
+        num_cpus: Optional[int] = None, max_retries: int = 3, shared_fs: bool = True,
+        runtime_env: Optional[dict] = None, worker_hook: Optional[Callable[[TrainConfig], None]] = None) -> SweepResult:
     """Train every config of ``grid`` that is not finished yet; return a :class:`SweepResult`.
 
     ``grid``: a grid dict, a YAML/JSON path, or a list of ``TrainConfig``.
     ``force``: retrain finished runs too (each is replaced only once its new run finished).
+    ``num_cpus``: CPU threads per run (on Ray also the CPUs each task reserves); default: torch's own
+    setting when sequential, the cores divided among the pool's workers, 1 on Ray. On the CPU a run's
+    numbers depend on its thread count (summation order), so give the same ``num_cpus`` to compare backends.
     local: ``workers`` processes (1 = sequential here); ``gpus`` the GPU ids to pin them to
     (default: every visible GPU, one worker each when ``workers`` is not given above 1).
     ray: ``address`` of the cluster (``"auto"``, ``"ray://host:10001"``, None = start a local one),
-    ``num_gpus``/``num_cpus`` per task (``num_gpus`` None = 1 if the cluster has GPUs else 0),
+    ``num_gpus`` per task (None = 1 if the cluster has GPUs else 0),
     ``max_retries`` when a worker dies, ``shared_fs`` (see the module doc), ``runtime_env`` merged
     into Ray's. ``worker_hook(config)`` runs in the worker right before each training.
     """
     if backend not in BACKENDS:
         raise _unknown("backend", [backend], BACKENDS)
+    if num_cpus is not None and (not isinstance(num_cpus, int) or isinstance(num_cpus, bool) or num_cpus < 1):
+        raise ValueError(f"num_cpus={num_cpus!r} must be an int >= 1 (CPU threads per run) or None")
     configs = list(grid) if isinstance(grid, (list, tuple)) else expand(grid)
     bad = [type(c).__name__ for c in configs if not isinstance(c, TrainConfig)]
     if bad:
@@ -221,7 +226,7 @@ def run(grid: Union[dict, str, os.PathLike, Sequence[TrainConfig]], backend: str
               f"on {backend} -> {root}")
     if todo:
         if backend == "local":
-            _run_local(todo, root, force, progress, workers, gpus, worker_hook)
+            _run_local(todo, root, force, progress, workers, gpus, worker_hook, num_cpus)
         else:
             from . import sweep_ray
 
@@ -234,24 +239,30 @@ def run(grid: Union[dict, str, os.PathLike, Sequence[TrainConfig]], backend: str
 
 # ----------------------------------------------------------------------------- local backend
 def train_task(config: TrainConfig, runs_dir: str, force: bool,
-               worker_hook: Optional[Callable[[TrainConfig], None]] = None) -> str:
-    """One training in a worker process (local pool or Ray task); returns the run key."""
+               worker_hook: Optional[Callable[[TrainConfig], None]] = None, threads: Optional[int] = None) -> str:
+    """One training (here, in a pool worker or in a Ray task) with ``threads`` torch threads; returns the run key."""
+    import torch
+
     if worker_hook is not None:
         worker_hook(config)
-    training.train_one(config, runs_dir=runs_dir, force=force, progress=False)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        training.train_one(config, runs_dir=runs_dir, force=force, progress=False)
+    finally:
+        torch.set_num_threads(before)
     return config.key()
 
 
-def _init_local_worker(slots, threads: int) -> None:
+def _init_local_worker(slots) -> None:
     """Pool initialiser: take one GPU id (or none) from ``slots`` before torch touches CUDA."""
     gpu = slots.get()
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
-    import torch
-
-    torch.set_num_threads(threads)
 
 
-def _run_local(todo, root: Path, force: bool, progress: bool, workers: int, gpus, worker_hook) -> None:
+def _run_local(todo, root: Path, force: bool, progress: bool, workers: int, gpus, worker_hook,
+               num_cpus: Optional[int] = None) -> None:
     import multiprocessing as mp
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -264,7 +275,7 @@ def _run_local(todo, root: Path, force: bool, progress: bool, workers: int, gpus
     if workers == 1:
         for c in todo:
             bar.set_postfix_str(f"{c.loss} seed {c.seed}")
-            train_task(c, str(root), force, worker_hook)
+            train_task(c, str(root), force, worker_hook, num_cpus)
             bar.update()
         bar.close()
         return
@@ -275,11 +286,10 @@ def _run_local(todo, root: Path, force: bool, progress: bool, workers: int, gpus
     slots = ctx.Queue()
     for i in range(workers):
         slots.put(gpus[i] if gpus else None)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = num_cpus or max(1, (os.cpu_count() or 1) // workers)
     errors = []
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_local_worker,
-                             initargs=(slots, threads)) as pool:
-        futures = {pool.submit(train_task, c, str(root), force, worker_hook): c for c in todo}
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_local_worker, initargs=(slots,)) as pool:
+        futures = {pool.submit(train_task, c, str(root), force, worker_hook, threads): c for c in todo}
         for fut in as_completed(futures):
             c = futures[fut]
             try:
@@ -343,7 +353,8 @@ def main(argv=None) -> int:
                     "(default: start a local Ray instance)")
     ap.add_argument("--num-gpus", type=float, default=None, help="ray: GPUs per run (default 1 if the "
                     "cluster has GPUs, else 0)")
-    ap.add_argument("--num-cpus", type=float, default=1, help="ray: CPUs per run (default 1)")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPU threads per run (ray: also the CPUs a task "
+                    "reserves); default: all cores sequentially, cores/workers in a pool, 1 on Ray")
     ap.add_argument("--max-retries", type=int, default=3, help="ray: retries when a worker dies (default 3)")
     ap.add_argument("--no-shared-fs", action="store_true", help="ray: workers return run folders as bytes "
                     "and this process writes them (no shared file system)")

@@ -43,12 +43,12 @@ def import_ray():
 
 
 def ray_task(config: TrainConfig, runs_dir: Optional[str], force: bool,
-             worker_hook: Optional[Callable[[TrainConfig], None]] = None):
+             worker_hook: Optional[Callable[[TrainConfig], None]] = None, threads: int = 1):
     """Body of one Ray task: (run key, packed run folder or None when written to the shared ``runs_dir``)."""
     if runs_dir is not None:
-        return train_task(config, runs_dir, force, worker_hook), None
+        return train_task(config, runs_dir, force, worker_hook, threads), None
     with tempfile.TemporaryDirectory(prefix="lossbench-run-") as tmp:
-        key = train_task(config, tmp, False, worker_hook)
+        key = train_task(config, tmp, False, worker_hook, threads)
         return key, pack_run(training.run_dir_for(config, tmp))
 
 
@@ -63,13 +63,14 @@ def task_runtime_env(shared_fs: bool, runtime_env: Optional[dict]) -> Optional[d
 
 
 def run_ray(todo: List[TrainConfig], root: Path, *, force: bool = False, progress: bool = True,
-            address: Optional[str] = None, num_gpus: Optional[float] = None, num_cpus: float = 1,
+            address: Optional[str] = None, num_gpus: Optional[float] = None, num_cpus: Optional[int] = None,
             max_retries: int = 3, shared_fs: bool = True, runtime_env: Optional[dict] = None,
             worker_hook=None) -> None:
     """Train ``todo`` as Ray tasks; connects with ``ray.init(address)`` unless Ray is already initialised."""
     ray = import_ray()
     if not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries={max_retries!r} must be an int >= 0 (retries after a worker dies)")
+    num_cpus = num_cpus or 1
     owned = not ray.is_initialized()
     if owned:
         kwargs = {"include_dashboard": False} if address is None else {}
@@ -79,6 +80,13 @@ def run_ray(todo: List[TrainConfig], root: Path, *, force: bool = False, progres
             raise ConnectionError(f"cannot reach a Ray cluster at address={address!r} ({exc}); start one with "
                                   "`ray start --head` and pass its address (or 'auto' on a node of it), "
                                   "or leave address empty for a local Ray instance") from None
+        except Exception as exc:  # noqa: BLE001 - Ray reports a failed local start as a bare Exception
+            if address is not None:
+                raise
+            ray.shutdown()
+            raise RuntimeError(f"Ray could not start a local instance ({exc}). On a busy machine its helper "
+                               "processes can miss Ray's start-up deadline: retry, or start Ray once with "
+                               "`ray start --head` and pass address='auto' (--address auto)") from exc
     try:
         if num_gpus is None:
             num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
@@ -89,7 +97,7 @@ def run_ray(todo: List[TrainConfig], root: Path, *, force: bool = False, progres
             options["runtime_env"] = env
         task = ray.remote(ray_task).options(**options)
         target = str(root) if shared_fs else None
-        pending = {task.remote(c, target, force, worker_hook): c for c in todo}
+        pending = {task.remote(c, target, force, worker_hook, int(num_cpus)): c for c in todo}
         bar = tqdm(total=len(todo), desc=f"sweep (ray, {num_gpus:g} GPU/run)", unit="run", disable=not progress)
         errors = []
         while pending:
