@@ -157,7 +157,9 @@ def expand(grid: Union[dict, str, os.PathLike]) -> List[TrainConfig]:
     empty = [k for k, v in axes.items() if not v]
     if empty:
         raise ValueError(f"grid axis {empty} has no values; give at least one or remove it")
-    default_data = grid.get("data", base.pop("data", None))
+    if "data" in grid and "data" in base:
+        raise ValueError("data set both at the top of the grid and in 'base'; keep one")
+    default_data = grid["data"] if "data" in grid else base.pop("data", None)
     configs = []
     for values in itertools.product(*axes.values()):
         settings = {**base, **dict(zip(axes, values))}

@@ -65,7 +65,8 @@ def test_grid_over_data_specs_and_files(tmp_path):
     ({"profile": "fast"}, r"unknown profile 'fast'"),
     ({"grid": {"loss": ["nope"]}}, r"nope"),
     ({"data": 3}, r"must be a spec such as 'phantom'"),
-], ids=["key", "field", "base-field", "both", "empty", "profile", "loss", "data"])
+    ({"data": "phantom", "base": {"data": "phantom"}}, r"data set both at the top of the grid and in 'base'"),
+], ids=["key", "field", "base-field", "both", "empty", "profile", "loss", "data", "data-twice"])
 def test_bad_grids_name_the_value(grid, match):
     with pytest.raises(ValueError, match=match):
         sweep.expand(grid)
