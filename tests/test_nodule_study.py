@@ -157,10 +157,14 @@ def test_conclusion_is_written_from_the_numbers():
     text = writeup.conclusion(pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(columns=["loss", "factor",
                             "balanced_accuracy"]), pd.DataFrame())
     assert "best **triplet** 0.830" in text and "do not overlap" in text and "difference 0.220" in text
-    rows[3]["accuracy_mean"] = 0.50  # triplet now worse: the text follows the numbers
-    text = writeup.conclusion(pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(columns=["loss", "factor",
-                            "balanced_accuracy"]), pd.DataFrame())
-    assert "best **cce** 0.610" in text
+    assert "triplet generalised best" in text
+    no_probes = pd.DataFrame(columns=["loss", "factor", "balanced_accuracy"])
+    rows[3].update(accuracy_mean=0.50, accuracy_lo=0.48, accuracy_hi=0.52)  # triplet now worse: the text follows
+    text = writeup.conclusion(pd.DataFrame(rows), pd.DataFrame(), no_probes, pd.DataFrame())
+    assert "best **cce** 0.610" in text and "cce generalised best" in text
+    rows[3].update(accuracy_mean=0.60, accuracy_lo=0.58, accuracy_hi=0.62)  # within cce's CI
+    text = writeup.conclusion(pd.DataFrame(rows), pd.DataFrame(), no_probes, pd.DataFrame())
+    assert "no loss generalised measurably better" in text and "the CIs overlap" in text
 
 
 def test_study_settings_and_bad_overrides(isolated_dirs):

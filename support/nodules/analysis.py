@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .. import artifacts, models, paths, training
 from . import probes
-from .study import LEARNABILITY, Study, load_model, weights_id
+from .study import LEARNABILITY, Study, load_model, split_id, weights_id
 
 UNTRAINED = "untrained encoder"
 
@@ -76,22 +76,22 @@ def embeddings(study: Study, method: str = "", seed: int = -1, force: bool = Fal
     if method not in EMBEDDERS:
         raise ValueError(f"unknown embedding method {method!r}; valid: {', '.join(EMBEDDERS)}")
     seed = study.settings["seeds"][0] if seed == -1 else seed
-    split = study.probe_bundle.splits["val"]
-    n = min(study.settings["n_embed"], len(split))
-    meta = split.meta.iloc[:n].reset_index(drop=True)
+    full = study.probe_bundle.splits["val"]
+    split = full.subset(torch.arange(min(study.settings["n_embed"], len(full))))
+    data_key = split_id(split)
     out = {}
     for e in tqdm([e for e in _runs(study) if e.seed == seed], desc=f"{method} embeddings", disable=not progress):
         key = artifacts.config_key({"run": e.path.name, "weights": weights_id(e.path), "method": method,
-                                    "ids": split.ids[:2] + [n]})
+                                    "data": data_key})
         path = paths.inside(study.root, "nodules", "embeddings", f"{key}.npz")
         if path.exists() and not force:
             coords = artifacts.read_npz(path)["coords"]
         else:
-            h = probes.features(load_model(e.path), split.subset(torch.arange(n)), study.settings["train"]["image_size"])
+            h = probes.features(load_model(e.path), split, study.settings["train"]["image_size"])
             with threadpool_limits(1):  # a few hundred points: threads only add overhead (much more on a busy CPU)
                 coords = EMBEDDERS[method](h)
             artifacts.write_npz(path, coords=coords)
-        out[e.label] = (coords, meta)
+        out[e.label] = (coords, split.meta)
     return out
 
 

@@ -19,6 +19,7 @@ import torch
 
 from .. import artifacts, paths, training
 from ..data import nodules as nd
+from .study import split_id
 
 #: Factors probed on frozen features (noise_sd is constant in the presets: nothing to decode).
 PROBE_FACTORS = ("size", "margin", "density", "x", "y", "background", "n_vessels")
@@ -84,7 +85,7 @@ def run_probes(model, run_key: str, weights: str, bundle, image_size: int, force
                runs_dir=None) -> Dict[str, float]:
     """Probe scores of one model: fitted on ``bundle``'s train split, scored on its val split (cached)."""
     tr, va = bundle.splits["train"], bundle.splits["val"]
-    params = {"run": run_key, "weights": weights, "fit": tr.ids[:2] + [len(tr)], "eval": va.ids[:2] + [len(va)],
+    params = {"run": run_key, "weights": weights, "fit": split_id(tr), "eval": split_id(va),
               "factors": list(PROBE_FACTORS)}
     return _cached("probes", params, lambda: probe_scores(features(model, tr, image_size), tr.meta,
                                                           features(model, va, image_size), va.meta),
@@ -125,6 +126,6 @@ def run_counterfactuals(model, run_key: str, weights: str, rows: pd.DataFrame, c
     ``get_images()`` returns :func:`counterfactual_images` of ``rows``; it is called only on a cache miss.
     """
     params = {"run": run_key, "weights": weights, "changes": {f: list(v) for f, v in changes.items()},
-              "rows": rows[["seed", "preset", "split", "index"]].astype(str).agg("/".join, axis=1).tolist()}
+              "rows": rows[["seed", "preset", "split", "index", *nd.FACTORS, "r0"]].to_json(orient="values")}
     return _cached("counterfactuals", params, lambda: counterfactual_sensitivity(model, get_images(), image_size),
                    force, runs_dir)

@@ -127,7 +127,7 @@ class Study:
             model = None
             for preset, split in self.test_sets.items():
                 key = artifacts.config_key({"run": e.path.name, "weights": weights_id(e.path),
-                                            "ids": split.ids[:3] + [len(split)], "preset": preset})
+                                            "data": split_id(split), "preset": preset})
                 path = paths.inside(self.root, "nodules", "predictions", f"{key}.npz")
                 if path.exists() and not force:
                     p = artifacts.read_npz(path)["probs"]
@@ -145,6 +145,13 @@ class Study:
 def weights_id(run_dir: Path) -> str:
     """Short hash of a run's best.pt: caches keyed by it never serve results of replaced weights."""
     return hashlib.sha256((Path(run_dir) / "best.pt").read_bytes()).hexdigest()[:16]
+
+
+def split_id(split) -> str:
+    """Short hash of a split's images and labels: caches keyed by it follow an edited preset or spec."""
+    h = hashlib.sha256(split.images.numpy().tobytes())
+    h.update(split.labels.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_model(run_dir: Path):

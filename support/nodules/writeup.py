@@ -17,8 +17,9 @@ from .study import LEARNABILITY, ORACLE
 SHIFTS = {"test_decorrelated": "size decorrelated from the label (ρ 0.5)",
           "test_conflict": "size contradicting the label (ρ 0)",
           "test_density_shift": "all nodules ground-glass (texture shift)"}
-#: ID accuracies of the losses within this many points count as "similar" (notes 3.7).
-SIMILAR_ID = 0.03
+#: ID accuracies of the losses within this many points count as "similar" (notes 3.7). Near the ceiling this
+#: check is weak (CE at 0.988 vs 1.000 was still learning margin); the learnability control is the stronger one.
+SIMILAR_ID = 0.01
 
 
 def _fmt(row: pd.Series, m: str = "accuracy") -> str:
@@ -50,8 +51,9 @@ def sanity(table: pd.DataFrame) -> List[str]:
         verdict = (f"within {SIMILAR_ID:.2f}: similar, so the shifts below compare equally trained models"
                    if spread <= SIMILAR_ID else
                    f"more than {SIMILAR_ID:.2f} apart: out-of-distribution differences may partly reflect under-training")
-        out.append(f"**In-distribution accuracy** (test_iid) runs from {iid.min():.3f} ({iid.idxmin()}) to "
-                   f"{iid.max():.3f} ({iid.idxmax()}), {verdict}.")
+        span = (f"is {iid.max():.3f} for every loss" if spread < 5e-4 else
+                f"runs from {iid.min():.3f} ({iid.idxmin()}) to {iid.max():.3f} ({iid.idxmax()})")
+        out.append(f"**In-distribution accuracy** (test_iid) {span}, {verdict}.")
     return out
 
 
@@ -90,8 +92,9 @@ def probe_text(probes: pd.DataFrame, cf: pd.DataFrame) -> List[str]:
             continue
         trained = mean[factor].drop(UNTRAINED, errors="ignore")
         base = f"; untrained encoder {mean.loc[UNTRAINED, factor]:.2f}" if UNTRAINED in mean.index else ""
-        out.append(f"Linear probe for **{factor}** (balanced accuracy): highest {trained.idxmax()} "
-                   f"{trained.max():.2f}, lowest {trained.idxmin()} {trained.min():.2f}{base}.")
+        span = (f"{trained.max():.2f} for every trained loss" if f"{trained.min():.2f}" == f"{trained.max():.2f}" else
+                f"highest {trained.idxmax()} {trained.max():.2f}, lowest {trained.idxmin()} {trained.min():.2f}")
+        out.append(f"Linear probe for **{factor}** (balanced accuracy): {span}{base}.")
     if len(cf):
         m = cf.groupby(["loss", "factor"], sort=False)["abs_delta"].mean().unstack()
         parts = []
@@ -114,9 +117,13 @@ def conclusion(table: pd.DataFrame, rel: pd.DataFrame, probes: pd.DataFrame, cf:
     lines += [f"- {s}" for s in probe_text(probes, cf)]
     if len(conflict) > 1:
         best, worst = conflict.iloc[-1], conflict.iloc[0]
+        separated = best["accuracy_lo"] > worst["accuracy_hi"]
+        verdict = (f"{best['loss']} generalised best: its 95 % CI lies above {worst['loss']}'s" if separated else
+                   "the 95 % CIs of the best and the worst loss overlap, so no loss generalised measurably better "
+                   "in this setting")
         lines.append(f"\n**In short:** under the strongest shift (size contradicting the label) {best['loss']} kept "
                      f"{best['accuracy_mean']:.3f} accuracy and {worst['loss']} {worst['accuracy_mean']:.3f} "
                      f"(difference {best['accuracy_mean'] - worst['accuracy_mean']:.3f}, seed means over "
-                     f"{int(best['n_seeds'])} seeds). A synthetic study inspired by Baltatzis et al. 2021, not a "
-                     "reproduction of its numbers.")
+                     f"{int(best['n_seeds'])} seeds); {verdict}. A synthetic study inspired by Baltatzis et al. 2021, "
+                     "not a reproduction of its numbers.")
     return "\n".join(lines)
