@@ -220,10 +220,10 @@ def headline(table: Table, preferred: Sequence[str]):
     text_cols = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) and c != metric]
     if not text_cols:
         labels = frame.index.astype(str).to_numpy()
-    elif frame[text_cols[0]].duplicated().any() and len(text_cols) > 1:  # e.g. loss x preset rows
-        labels = (frame[text_cols[0]].astype(str) + " / " + frame[text_cols[1]].astype(str)).to_numpy()
-    else:
-        labels = frame[text_cols[0]].astype(str).to_numpy()
+    else:  # as many leading text columns as make the rows distinct (e.g. loss / preset), at most 3
+        n = next((k for k in range(1, min(3, len(text_cols)) + 1) if not frame[text_cols[:k]].duplicated().any()),
+                 min(3, len(text_cols)))
+        labels = frame[text_cols[:n]].astype(str).agg(" / ".join, axis=1).to_numpy()
     values = _numbers(frame[metric])
     base = metric[:-5] if metric.endswith("_mean") else metric
     ok = np.isfinite(values)
@@ -241,14 +241,15 @@ def summary_figure(report: Report, source: str = ""):
     fig, axes = plt.subplots(3, 2, figsize=(8.27, 11.69))
     for ax, (study, (title, how, preferred)) in zip(axes.flat, STUDIES.items()):
         tables = report.studies.get(study) or []
-        found = next((h for t in tables if (h := headline(t, preferred)) is not None and len(h[0])), None)
+        found = next(((t, h) for t in tables if (h := headline(t, preferred)) is not None and len(h[0])), None)
         if found is None:
             ax.axis("off")
             why = "not run yet" if not tables else "no summary metric in its tables"
             ax.text(0.5, 0.5, f"{study} · {title}\n\n{why}\n({how})", ha="center", va="center", wrap=True,
                     fontsize=9, color="0.35", bbox={"boxstyle": "round", "fc": "0.95", "ec": "0.7"})
             continue
-        labels, values, ci, metric = found
+        table, (labels, values, ci, metric) = found
+        data = re.search(r"Data: (.*?)(?:\. Source:|$)", table.full_caption)
         order = np.argsort(values)[-12:]  # best 12 on top
         y = np.arange(len(order))
         if ci is not None:
@@ -256,17 +257,18 @@ def summary_figure(report: Report, source: str = ""):
             ax.errorbar(values[order], y, xerr=np.nan_to_num(err), fmt="o", ms=4, capsize=2, color="C0", ecolor="0.5")
         else:
             ax.plot(values[order], y, "o", ms=4, color="C0")
-        ax.set_yticks(y, [str(s)[:28] for s in labels[order]], fontsize=7)
+        ax.set_yticks(y, [str(s)[:36] for s in labels[order]], fontsize=7)
         for xi, yi in zip(values[order], y):
             ax.annotate(f"{xi:.3f}", (xi, yi), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=6)
         ax.set_xlabel(metric + (" (95 % CI)" if ci is not None else ""), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
-        ax.set_title(f"{study} · {title}", fontsize=9)
+        ax.set_title(f"{study} · {title}\ndata: {data.group(1)[:70] if data else 'not recorded'}", fontsize=8)
     axes.flat[-1].axis("off")
     overview = report.overview()
     lines = [f"{r.study} · {r.title}\n     {r.status}, {r.tables} table(s)" for r in overview.itertuples()]
     axes.flat[-1].text(0, 1, "Studies in this report\n\n" + "\n".join(lines), va="top", fontsize=8, family="monospace")
-    fig.suptitle(titled(f"lossbench-cxr summary, profile {report.profile}", source), fontsize=11)
+    fig.suptitle(titled(f"lossbench-cxr summary, profile {report.profile}", source or "named in each panel"),
+                 fontsize=11)
     fig.tight_layout()
     return fig
