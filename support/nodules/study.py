@@ -211,9 +211,10 @@ def metrics_table(preds: pd.DataFrame, n_boot: int = 1000, level: float = 0.95) 
 
 
 def display_table(table: pd.DataFrame, metrics=METRICS, digits: int = 3) -> pd.DataFrame:
-    """``mean ± sd [lo, hi]`` strings, one row per loss, one column per (preset, metric)."""
+    """``mean ± sd [lo, hi]`` strings (sd over seeds, 95 % CI), one row per loss, one column per (preset, metric)."""
     f = f"{{:.{digits}f}}"
-    cells = table.apply(lambda r: {m: f"{f.format(r[m + '_mean'])} ± {f.format(r[m + '_sd'])} "
+    sd = lambda v: f" ± {f.format(v)}" if np.isfinite(v) else ""  # one seed (oracle, control): no sd
+    cells = table.apply(lambda r: {m: f"{f.format(r[m + '_mean'])}{sd(r[m + '_sd'])} "
                                       f"[{f.format(r[m + '_lo'])}, {f.format(r[m + '_hi'])}]" for m in metrics}, axis=1)
     long = pd.DataFrame(list(cells), index=pd.MultiIndex.from_frame(table[["loss", "preset"]]))
     return long.unstack("preset").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
