@@ -11,6 +11,11 @@ its output changes), every resolved parameter (defaults included), and for
 local-folder sources a fingerprint of the input files (paths, sizes, mtimes).
 It does not hash the package's other code: after changing a generator, bump
 its version or pass ``force=True``.
+
+``lung_crop`` (any source): each film cropped to its lung box (the multi-loss
+study's segmentation stage, :mod:`support.segmentation`, imported only when
+asked for). The option is part of :func:`resolve_params`' output, hence of
+every cache and run key; a cropped bundle has its own cache file.
 """
 from __future__ import annotations
 
@@ -116,7 +121,19 @@ def _check_type(source: str, key: str, value, default) -> None:
 
 
 def resolve_params(name: str, params: dict) -> Tuple[Callable, dict]:
-    """Return the builder and the full parameter dict (defaults filled in)."""
+    """Return the builder and the full parameter dict (defaults filled in).
+
+    A ``lung_crop`` other than False/None is kept, in the canonical form of
+    :func:`support.segmentation.crop.lung_crop_spec`; False/None is dropped
+    (so uncropped keys are the same as before the option existed).
+    """
+    params = dict(params)
+    lung_crop = params.pop("lung_crop", False)
+    if lung_crop is not False and lung_crop is not None:
+        from ..segmentation.crop import lung_crop_spec  # lazy: model code only when a crop is asked for
+
+        build, resolved = resolve_params(name, params)
+        return build, {**resolved, "lung_crop": lung_crop_spec(lung_crop)}
     _import_sources()
     build = SOURCES.get(name)
     sig = inspect.signature(build)
@@ -145,13 +162,23 @@ def cache_path(name: str, resolved: dict) -> Path:
 
 
 def load(name: str = "phantom", *, cache: bool = True, force: bool = False, verbose: bool = True,
-         **params) -> DataBundle:
+         lung_crop=False, **params) -> DataBundle:
     """Load data source ``name`` as uint8 tensors (see :mod:`support.data.containers`).
 
     ``cache=False`` neither reads nor writes the cache; ``force=True`` rebuilds
     and overwrites it. Unknown sources raise ``ValueError`` listing the valid
     ones; unknown or mistyped parameters raise ``TypeError``.
+
+    ``lung_crop=True`` crops every film to the bounding box (+5 %) of the AND
+    of the top-3 lung U-Nets (trained on first use), ``"true_masks"`` to the
+    source's own lung masks, a dict sets the options (see
+    :func:`support.segmentation.crop.lung_crop_spec`). Cached; images whose
+    mask is empty or implausible keep the whole frame, with a warning.
     """
+    if lung_crop is not False and lung_crop is not None:
+        from ..segmentation.crop import lung_crop_source  # lazy: keeps plain loading light
+
+        return lung_crop_source(name, lung_crop, cache=cache, force=force, verbose=verbose, **params)
     build, resolved = resolve_params(name, params)
     path = cache_path(name, resolved) if cache else None
     if path is not None and path.exists() and not force:
