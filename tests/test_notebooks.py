@@ -75,3 +75,20 @@ def test_nodule_study_table_and_figures(smoke_pipeline):
         assert variant_label(variant) in table
     for name in ("08_accuracy_vs_rho_smoke", "08_probes_smoke", "08_counterfactuals_smoke", "08_embeddings_smoke"):
         assert (root / "figures" / f"{name}.png").exists(), name
+
+
+def test_segmentation_table_and_the_lung_crop_comparison(smoke_pipeline):
+    import pandas as pd
+
+    from support.segmentation import SEG_LOSSES
+
+    root, _ = smoke_pipeline
+    report = root / "runs" / "report"
+    seg = pd.read_csv(report / "02_segmentation_smoke.csv")          # notebook 02: one row per loss + the AND
+    assert sorted(seg.loc[seg["kind"] == "single", "model"]) == sorted(SEG_LOSSES)
+    assert (seg["kind"] == "ensemble").sum() == 1
+    assert seg[["dice_lo", "dice_hi", "iou_lo", "iou_hi"]].notna().all().all()
+    crop = pd.read_csv(report / "05_lung_crop_smoke.csv")            # notebook 05: CCE with and without the crop
+    assert sorted(crop["loss"]) == ["cce", "cce · lung crop"]
+    names = {f.name for f in (root / "figures").glob("02_*.png")}
+    assert {"02_crop_examples_smoke.png", "02_seg_overlays_smoke.png", "02_seg_worst_smoke.png"} <= names
