@@ -48,7 +48,10 @@ def sample_grid(bundle, split: str = "train", n_per_class: int = 4, seed: int = 
                 ax.contour(s.lung_masks[i].numpy(), levels=[0.5], colors="cyan", linewidths=0.6)
             if s.lesion_masks is not None and s.lesion_masks[i].any():
                 ax.contour(s.lesion_masks[i].numpy(), levels=[0.5], colors="red", linewidths=0.7)
-            if j == 0:
+            severity = s.meta["severity"].iloc[i] if s.meta is not None and "severity" in s.meta else 0
+            if severity > 0:  # the phantom's lesion severity, where the source records it
+                ax.set_title(f"{name} (severity {severity:.2f})", fontsize=8)
+            elif j == 0:
                 ax.set_title(name, fontsize=10, loc="left")
     note = " (cyan: lung mask, red: lesion mask)" if s.lung_masks is not None else ""
     fig.suptitle(titled(f"Sample {split} images per class{note}", bundle.source), fontsize=10)

@@ -575,34 +575,10 @@ def build(seed: int = 0, n: int = KERMANY_TOTAL, image_size: int = 256, difficul
 
 
 def preview_grid(bundle: DataBundle, n_per_class: int = 4, split: str = "train", seed: int = 0):
-    """A figure of ``n_per_class`` random ``split`` images per class: lung contours (cyan), lesions (red).
+    """Random ``split`` images per class with lung (cyan) and lesion (red) contours and severities.
 
-    Titles give the severity where the metadata has it; the figure title names the data source.
+    The grid itself is :func:`support.explore.sample_grid` (one drawing routine for every source).
     """
-    import matplotlib.pyplot as plt
+    from ..explore import sample_grid
 
-    from ..plots import titled
-
-    s = bundle.splits[split]
-    rng = np.random.default_rng(seed)
-    labels = s.labels.numpy()
-    k = len(bundle.classes)
-    fig, axes = plt.subplots(k, n_per_class, figsize=(2.3 * n_per_class, 2.45 * k), squeeze=False)
-    for c, name in enumerate(bundle.classes):
-        idx = np.flatnonzero(labels == c)
-        pick = rng.choice(idx, size=min(n_per_class, len(idx)), replace=False)
-        for j, ax in enumerate(axes[c]):
-            ax.set_axis_off()
-            if j >= len(pick):
-                continue
-            i = int(pick[j])
-            ax.imshow(s.images[i].numpy(), cmap="gray", vmin=0, vmax=255)
-            if s.lung_masks is not None:
-                ax.contour(s.lung_masks[i].numpy(), levels=[0.5], colors="cyan", linewidths=0.6)
-            if s.lesion_masks is not None and s.lesion_masks[i].any():
-                ax.contour(s.lesion_masks[i].numpy(), levels=[0.5], colors="red", linewidths=0.8)
-            has_sev = s.meta is not None and "severity" in s.meta and s.meta["severity"].iloc[i] > 0
-            ax.set_title(name + (f" (severity {s.meta['severity'].iloc[i]:.2f})" if has_sev else ""), fontsize=8)
-    fig.suptitle(titled(f"{split} images (cyan: lung mask, red: lesion mask)", bundle.source), fontsize=10)
-    fig.tight_layout()
-    return fig
+    return sample_grid(bundle, split=split, n_per_class=n_per_class, seed=seed)
