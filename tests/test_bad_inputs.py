@@ -127,7 +127,7 @@ CASES = {
     # --- data sources: names, parameters, folders and files --------------------------------
     "source-name-typo": Case(lambda t: load("kermani"), ValueError, ["'kermani'"], "Did you mean 'kermany'"),
     "source-name-path-traversal": Case(lambda t: load("../../etc/passwd"), ValueError,
-                                       ["'../../etc/passwd'"], "Valid names: phantom"),
+                                       ["'../../etc/passwd'", "phantom"], "Valid names: "),
     "source-unknown-parameter": Case(lambda t: load("phantom", sizee=64), TypeError, ["sizee"],
                                      "valid parameters: seed, n, image_size"),
     "source-parameter-type": Case(lambda t: load("phantom", n="240"), TypeError, ["n='240'"], "expected int"),
