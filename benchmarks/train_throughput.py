@@ -254,7 +254,7 @@ def run_ceiling(arch, size, args, device) -> dict:
 def engine_configs(arch, size, args, device, spec, loss_names) -> list:
     return [training.TrainConfig(data=spec, arch=arch, head=args.head, loss=name, image_size=size,
                                  batch_size=args.batch_size, optimizer="sgd", lr=1e-3, max_epochs=args.epochs,
-                                 patience=args.epochs, lr_plateau=False, seed=0, device=str(device),
+                                 patience=args.epochs, lr_schedule="constant", seed=0, device=str(device),
                                  compile=args.compile_on, amp=True)
             for name in loss_names]
 

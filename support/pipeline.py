@@ -5,6 +5,14 @@ Executes the numbered notebooks in order with papermill (executed copies under
 profile. A failing notebook does not stop the others: one summary at the end
 names each failure and its executed copy, and the exit code is non-zero.
 
+``--jobs N`` executes up to N notebooks at once (default: 2 on a machine with
+two or more cores), each kernel with cores/N threads: on 2 CPU cores two
+one-thread kernels do more work than one two-thread kernel (torch's small
+convolutions scale poorly across threads and every kernel spends seconds in
+start-up and imports). A notebook starts once the notebooks it reads from
+have finished (:data:`NEEDS`); the default data is generated once, before any
+notebook starts.
+
 A lock file (``runs/.run_all.lock``) stops two pipelines from writing the same
 runs folder at once: the second exits at once with a message (or waits, with
 ``--wait``).
@@ -24,6 +32,10 @@ from . import paths, profiles
 
 NOTEBOOKS_DIR = paths.PROJECT_ROOT / "notebooks"
 PER_LOSS = "04"
+#: What each notebook reads from others (by number); "*" = every other notebook of the plan. A notebook
+#: not listed reads only the data. 05 crops with 02's segmentation models; 06, 07 and 09 read 04's runs;
+#: 07 explains the model-level ensembles 06 trains (one writer per run folder: a second one is refused).
+NEEDS = {"05": {"02", "04"}, "06": {"04"}, "07": {"04", "06"}, "09": {"*"}}
 
 
 @dataclass
@@ -65,6 +77,25 @@ def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=Non
     return jobs
 
 
+def dependencies(jobs: List[Job]) -> List[set]:
+    """For each job, the indices of the jobs it waits for (see :data:`NEEDS`)."""
+    numbers = [j.notebook.name[:2] for j in jobs]
+    out = []
+    for i, n in enumerate(numbers):
+        need = NEEDS.get(n, set())
+        out.append({k for k, m in enumerate(numbers) if k != i and m != n and ("*" in need or m in need)})
+    return out
+
+
+def default_jobs() -> int:
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def kernel_threads(jobs: int) -> int:
+    """CPU threads per kernel when ``jobs`` kernels share the machine."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
 def execute(job: Job, kernel: str = "python3") -> Job:
     import papermill as pm
 
@@ -82,6 +113,64 @@ def execute(job: Job, kernel: str = "python3") -> Job:
         job.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
     job.seconds = time.perf_counter() - start
     return job
+
+
+def prepare_data(profile: str, data: str, force: bool) -> None:
+    """Generate (or find cached) the profile's data once, before notebooks that all read it start at once."""
+    from .data import load
+
+    config = profiles.data_config(profile, data)
+    start = time.perf_counter()
+    try:
+        bundle = load(**config, force=force, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback; no notebook started yet
+        raise SystemExit(f"[run_all] --data {data}: could not load it: {type(exc).__name__}: {exc}") from None
+    print(f"[run_all] data ready in {time.perf_counter() - start:.0f}s: {bundle.source}", flush=True)
+
+
+def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report) -> List[Job]:
+    """Execute ``jobs`` (each after its :func:`dependencies`), ``workers`` at a time; ``report(job)`` after each.
+
+    One worker: in this process, in plan order. More: a pool of processes, each kernel with
+    :func:`kernel_threads` threads (unless OMP_NUM_THREADS is set). A job whose dependency failed
+    still runs (it reports what it lacks); ``fail_fast`` starts nothing after the first failure.
+    """
+    if workers <= 1:
+        done = []
+        for job in jobs:
+            done.append(execute(job))
+            report(job)
+            if job.error and fail_fast:
+                break
+        return done
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = str(kernel_threads(workers))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)  # the kernels inherit it; torch reads OMP_NUM_THREADS
+    needs = dependencies(jobs)
+    pending, running, finished, done = list(range(len(jobs))), {}, set(), []
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        while pending or running:
+            stop = fail_fast and any(j.error for j in done)
+            ready = [] if stop else [i for i in pending if needs[i] <= finished]
+            for i in ready[:workers - len(running)]:
+                pending.remove(i)
+                running[pool.submit(execute, jobs[i])] = i
+            if not running:
+                break
+            complete, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in complete:
+                i = running.pop(fut)
+                try:
+                    jobs[i] = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a dead worker fails its notebook, not the run
+                    jobs[i].error = f"{type(exc).__name__}: {exc}"
+                finished.add(i)
+                done.append(jobs[i])
+                report(jobs[i])
+    return done
 
 
 def acquire_lock(wait: bool):
@@ -119,6 +208,8 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", default="", help="comma-separated seeds for notebook 04 (default: the profile's)")
     ap.add_argument("--force", action="store_true", help="ignore caches and finished runs; recompute everything")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
+    ap.add_argument("--jobs", type=int, default=default_jobs(), help="notebooks executed at once, each with "
+                    "cores/jobs threads (default: 2 on >= 2 cores, else 1)")
     ap.add_argument("--wait", action="store_true", help="wait for another running pipeline instead of exiting")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     ap.add_argument("--ray", default="", metavar="ADDRESS", help="train notebook 04's runs on the Ray cluster at "
@@ -148,6 +239,8 @@ def check_args(args) -> None:
     unknown = [x for x in _csv(args.losses) if x not in valid]
     if unknown:
         raise SystemExit(f"--losses: unknown classification loss(es) {unknown}; valid: {', '.join(valid)}")
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: must be >= 1 (notebooks executed at once)")
     bad = [x for x in _csv(args.seeds) if not x.lstrip("-").isdigit()]
     if bad:
         raise SystemExit(f"--seeds: {bad} not integer(s); use comma-separated integers, e.g. --seeds 0,1")
@@ -198,17 +291,19 @@ def main(argv=None) -> int:
 
     ray_sweep(args, jobs, seeds)
 
+    workers = min(args.jobs, len(jobs)) or 1
     print(f"[run_all] profile={args.profile} data={args.data} ({name}) notebooks={len(jobs)} "
-          f"runs={paths.runs_dir()} figures={paths.figures_dir()}")
-    done: List[Job] = []
-    for job in tqdm(jobs, desc="notebooks", unit="nb"):
-        tag = job.output.stem
-        execute(job)
-        done.append(job)
+          f"jobs={workers} runs={paths.runs_dir()} figures={paths.figures_dir()}")
+    prepare_data(args.profile, args.data, args.force)
+    bar = tqdm(total=len(jobs), desc="notebooks", unit="nb")
+
+    def report(job: Job) -> None:
         status = "ok" if not job.error else f"FAILED ({job.error})"
-        tqdm.write(f"[run_all] {tag}: {status} in {job.seconds:.0f}s")
-        if job.error and args.fail_fast:
-            break
+        bar.write(f"[run_all] {job.output.stem}: {status} in {job.seconds:.0f}s")
+        bar.update()
+
+    done = run_jobs(jobs, workers, args.fail_fast, report)
+    bar.close()
     lock.close()
     failed = [j for j in done if j.error]
     total = time.perf_counter() - start

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from . import artifacts, losses, models, paths
 from .data import load as load_data
-from .data.core import resolve_params
+from .data.core import resolve_params, source_version
 from .losses._checks import DeferredChecks, NonFiniteError, deferred
 
 MONITORS = {"val_mcc": "max", "val_accuracy": "max", "val_loss": "min", "val_nll": "min"}
@@ -64,6 +64,7 @@ _KEY_OPTIONAL = {"mode": "end_to_end", "metric_weight": 1.0}
 #: Training images a two-stage run embeds each epoch as the kNN reference of its validation score.
 KNN_REFERENCE, KNN_K = 2048, 20
 OPTIMIZERS = ("sgd", "adamw", "adam")
+LR_SCHEDULES = ("plateau", "cosine", "constant")
 #: Fields of TrainConfig that choose how a run executes, not what it computes; not in the run key.
 EXECUTION_FIELDS = ("device", "compile", "amp")
 #: Memory format of models and batches. channels_last pays on CUDA and on the CPU (oneDNN) alike
@@ -86,7 +87,7 @@ class TrainConfig:
     Paper (Rajaraman et al. 2021, code): SGD lr 1e-4, momentum 0.9, Nesterov;
     batch 16; <= 64 epochs; early stopping with patience 5 (the paper monitored
     val accuracy; our default is val MCC, which is robust to class imbalance);
-    ReduceLROnPlateau(factor 0.5, patience 5, min_lr 1e-5); balanced class
+    ReduceLROnPlateau(factor 0.5, patience 5, min_lr 1e-5) (``lr_schedule``); balanced class
     weights; no augmentation; 512x512 input. Profiles override these.
     """
 
@@ -119,7 +120,11 @@ class TrainConfig:
     # epochs on the phantom before they find the lesions; a short patience would stop them there.
     start_from_epoch: int = 0
     monitor: str = "val_mcc"
-    lr_plateau: bool = True
+    # "plateau": ReduceLROnPlateau(factor 0.5, patience 5, min_lr 1e-5) on the monitored metric (the paper);
+    # "cosine": cosine annealing from lr to lr/100 over max_epochs (Loshchilov & Hutter 2017), stepped every
+    #           epoch, warm-up included -- a stable final model within a fixed epoch budget;
+    # "constant": no schedule.
+    lr_schedule: str = "plateau"
     class_weights: bool = True
     augment: bool = False
     seed: int = 0
@@ -154,6 +159,8 @@ class TrainConfig:
         need(self.max_epochs >= 1, f"max_epochs={self.max_epochs} must be >= 1")
         need(self.start_from_epoch >= 0, f"start_from_epoch={self.start_from_epoch} must be >= 0 (0 = no warm-up)")
         need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        need(self.lr_schedule in LR_SCHEDULES,
+             f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         need(self.monitor in MONITORS, f"unknown monitor {self.monitor!r}; valid: {', '.join(MONITORS)}")
         need(isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
              and self.lr > 0, f"lr must be a positive finite number, got {self.lr!r}; e.g. lr=1e-3")
@@ -197,6 +204,7 @@ class TrainConfig:
         name = data.pop("name")
         _, resolved = resolve_params(name, data)
         d["data"] = {"name": name, **resolved}
+        d["data_version"] = source_version(name)
         d["format_version"] = artifacts.RUN_FORMAT_VERSION
         return d
 
@@ -437,8 +445,13 @@ class _Member:
             cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
             self.opt = cls(trainable, lr=config.lr, weight_decay=config.weight_decay, **fused)
         mode = MONITORS[config.monitor]
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=mode, factor=0.5, patience=5,
-                                                                min_lr=1e-5) if config.lr_plateau else None
+        self.sched = None
+        if config.lr_schedule == "plateau":
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=mode, factor=0.5, patience=5,
+                                                                    min_lr=1e-5)
+        elif config.lr_schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=config.max_epochs,
+                                                                    eta_min=config.lr / 100)
         self.mode = mode
         self.forward = self.model
         if config.compile:
@@ -763,7 +776,9 @@ def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds:
         m.save_best()
     elif not warm:
         m.bad_epochs += 1
-    if m.sched and not warm:
+    if m.config.lr_schedule == "cosine":
+        m.sched.step()  # by epoch, warm-up included
+    elif m.sched and not warm:
         m.sched.step(score)
     m.next_epoch = epoch + 1
     if m.bad_epochs >= m.config.patience or m.next_epoch >= m.config.max_epochs:

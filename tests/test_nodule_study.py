@@ -15,7 +15,7 @@ TINY = {"name": "nodules", "preset": "test_size_only", "n_train": 256, "n_val": 
 
 def tiny_config(**kw):
     base = dict(data=TINY, arch="small_cnn", arch_params={"width": 8}, head="linear", image_size=48, batch_size=64,
-                max_epochs=4, patience=4, optimizer="adam", lr=3e-3, lr_plateau=False, monitor="val_accuracy",
+                max_epochs=4, patience=4, optimizer="adam", lr=3e-3, lr_schedule="constant", monitor="val_accuracy",
                 device="cpu")
     base.update(kw)
     return training.TrainConfig(**base)

@@ -484,3 +484,49 @@ def test_failing_notebook_others_continue_summary_names_it_offline(tmp_path, dat
     # Nothing tried to leave the machine except the probe of notebook 01.
     attempts = netlog.read_text().splitlines()
     assert len(attempts) == 1 and "203.0.113.7" in attempts[0]
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_parallel_pipeline_keeps_dependencies_and_splits_the_cores(tmp_path, data_root):
+    """--jobs 2: notebook 05 (which reads 04's runs) starts only after 04 ended; each kernel gets cores/2 threads."""
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    log = tmp_path / "times.jsonl"
+    def record(name: str, body: str) -> str:
+        return (f"import json, os, time, torch\nstart = time.time()\n{body}\n"
+                f"row = dict(nb={name!r}, start=start, end=time.time(), omp=os.environ.get('OMP_NUM_THREADS'), "
+                f"torch=torch.get_num_threads())\nopen({str(log)!r}, 'a').write(json.dumps(row) + '\\n')")
+
+    _notebook(nbdir / "01_a.ipynb", record("01", "x = sum(range(10**6))"))
+    _notebook(nbdir / "04_b.ipynb", record("04", "x = sum(range(10**7))"))
+    _notebook(nbdir / "05_c.ipynb", record("05", "x = 1"))
+    env = child_env(data_root, tmp_path / "runs", LOSSBENCH_FIGURES_DIR=str(tmp_path / "figures"))
+    env.pop("OMP_NUM_THREADS", None)
+    code = ("import sys; from pathlib import Path; from support import pipeline; "
+            "pipeline.NOTEBOOKS_DIR = Path(sys.argv[1]); sys.exit(pipeline.main(sys.argv[2:]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(nbdir), "--profile", "smoke", "--losses", "cce",
+                           "--seeds", "0", "--jobs", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "jobs=2" in proc.stdout and "3 notebook runs succeeded, 0 failed" in proc.stdout
+    times = {r["nb"]: r for r in map(json.loads, log.read_text().splitlines())}
+    assert times["05"]["start"] >= times["04"]["end"]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert {r["omp"] for r in times.values()} == {str(threads)}
+    assert {r["torch"] for r in times.values()} == {threads}
+
+
+def test_dependencies_follow_what_each_notebook_reads():
+    from support import pipeline
+
+    jobs = pipeline.plan("smoke", "phantom", False)
+    names = [j.output.stem for j in jobs]
+    needs = pipeline.dependencies(jobs)
+    by_name = {n: {names[k] for k in needs[i]} for i, n in enumerate(names)}
+    per_loss = {n for n in names if n.startswith("04_")}
+    assert by_name["01_data_exploration"] == set() and by_name["08_synthetic_nodules"] == set()
+    assert all(by_name[n] == set() for n in per_loss)  # the runs start at once
+    assert by_name["05_compare_losses"] == per_loss | {"02_lung_segmentation"}
+    assert by_name["07_localization"] == per_loss | {"06_ensembles"}
+    assert by_name["09_report"] == set(names) - {"09_report"}

@@ -154,14 +154,14 @@ def test_train_many_equals_sequential_train_one(isolated_dirs, tiny_data):
 def test_nan_loss_stops_that_run_only_and_keeps_finished_results(isolated_dirs, tiny_data):
     good = training.train_one(tiny_config(), data=tiny_data, progress=False)
     good_metrics = (good / "metrics.json").read_bytes()
-    bad = tiny_config(lr=1e30, loss="focal", optimizer="sgd", lr_plateau=False)
+    bad = tiny_config(lr=1e30, loss="focal", optimizer="sgd", lr_schedule="constant")
     with pytest.raises(training.TrainingError, match="training loss became"):
         training.train_many([bad, tiny_config(loss="hinge")], data=tiny_data, progress=False)
     assert (training.run_dir_for(tiny_config(loss="hinge")) / "metrics.json").exists()  # the other went on
     assert not (training.run_dir_for(bad) / "metrics.json").exists()
     # A failing forced re-run never overwrites a finished result.
     with pytest.raises(training.TrainingError):
-        training.train_many([tiny_config(lr=1e30, optimizer="sgd", lr_plateau=False)], data=tiny_data,
+        training.train_many([tiny_config(lr=1e30, optimizer="sgd", lr_schedule="constant")], data=tiny_data,
                             progress=False, force=True)
     assert (good / "metrics.json").read_bytes() == good_metrics
 
@@ -219,3 +219,26 @@ def test_find_runs_matches_the_data_exactly(isolated_dirs, tiny_data):
     assert [r.path for r in runs.find_runs(data=TINY)] == [plain]  # defaults resolved; marker_bias run excluded
     assert [r.path for r in runs.find_runs(data={**TINY, "marker_bias": 0.5})] == [other]
     assert len(runs.find_runs(data={"n": 240})) == 2  # a partial filter (no name) is a subset match
+
+
+def test_a_new_data_source_version_gives_a_new_run_key(monkeypatch):
+    """A changed generator (its version bumped) must not reuse runs trained on its old output."""
+    from support.data import core
+
+    cfg = training.TrainConfig(data={"name": "phantom", "n": 240}, loss="cce")
+    before = cfg.key()
+    core._import_sources()
+    monkeypatch.setitem(core._SOURCE_INFO, "phantom", {**core._SOURCE_INFO["phantom"], "version": 99})
+    assert cfg.experiment()["data_version"] == 99
+    assert cfg.key() != before
+
+
+def test_cosine_schedule_decays_every_epoch_to_a_hundredth(isolated_dirs, tiny_data):
+    """lr_schedule="cosine": epoch e trains at lr/100 + (lr - lr/100)(1 + cos(pi e / max_epochs)) / 2."""
+    d = training.train_one(tiny_config(max_epochs=4, patience=4, lr_schedule="cosine", start_from_epoch=2),
+                           data=tiny_data, progress=False)
+    lr, low = 3e-3, 3e-5
+    want = [low + (lr - low) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    np.testing.assert_allclose(runs.Run(d).log["lr"].to_numpy(), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown lr_schedule 'cos'.*plateau, cosine, constant"):
+        tiny_config(lr_schedule="cos")

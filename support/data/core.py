@@ -61,6 +61,14 @@ def register_source(name: str, version: int = 1, fingerprint: Optional[Callable[
     return decorate
 
 
+def source_version(name: str) -> int:
+    """The registered ``version`` of source ``name`` (part of every run key: a changed generator
+    must not reuse runs trained on its old output)."""
+    _import_sources()
+    SOURCES.get(name)  # unknown name -> the registry's error with the valid names
+    return int(_SOURCE_INFO[name]["version"])
+
+
 def _import_sources() -> None:
     global _imported
     if _imported:

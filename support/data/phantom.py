@@ -415,26 +415,26 @@ def _pathology(rng, label, P, sev, difficulty, noise, R, px, les_f) -> dict:
         k = 0 if rng.random() < 0.55 else 1                         # the right lung a little more often
         n_les = 1 if rng.random() < 0.8 else 2
         L = lungs[k]
-        blob = np.maximum.reduce([_consolidation(rng, L, noise, R, px, 0.16 + 0.13 * sev) for _ in range(n_les)]
+        blob = np.maximum.reduce([_consolidation(rng, L, noise, R, px, 0.20 + 0.12 * sev) for _ in range(n_les)]
                                  + [np.zeros_like(L["x"])])
-        _dense(L, blob, min(0.95, (0.65 + 0.3 * sev) / difficulty), noise, R, k)
+        _dense(L, blob, min(0.95, (0.75 + 0.2 * sev) / difficulty), noise, R, k)
         les_f[L["box"]] = np.maximum(les_f[L["box"]], blob - 0.45)
         if rng.random() < 0.6:                                      # atypical: faint bilateral streaks
-            amp = rng.uniform(0.3, 0.8) * (1.0 - 0.5 * sev)
+            amp = rng.uniform(0.4, 0.9) * (1.0 - 0.5 * sev)
             for j, Lj in enumerate(lungs):
                 _interstitial(Lj, amp, difficulty, noise, R, j)
         return {"n_lesions": n_les, "side": ("right", "left")[k]}
     weak = rng.integers(0, 2)
     for j, L in enumerate(lungs):
-        amp = (0.55 + 0.45 * sev) * (rng.uniform(0.5, 1.0) if j == weak else 1.0)
+        amp = (0.65 + 0.35 * sev) * (rng.uniform(0.6, 1.0) if j == weak else 1.0)
         env = _interstitial(L, amp, difficulty, noise, R, j)
         les_f[L["box"]] = np.maximum(les_f[L["box"]], env - 0.55)
     n_les = 2
     if rng.random() < 0.6:                                          # atypical: a small patch of atelectasis
         k = int(rng.integers(0, 2))
         L = lungs[k]
-        blob = _consolidation(rng, L, noise, R, px, 0.07 + 0.06 * rng.random())
-        _dense(L, blob, min(0.9, (0.35 + 0.35 * (1.0 - sev)) / difficulty), noise, R, k)
+        blob = _consolidation(rng, L, noise, R, px, 0.09 + 0.07 * rng.random())
+        _dense(L, blob, min(0.9, (0.45 + 0.35 * (1.0 - sev)) / difficulty), noise, R, k)
         les_f[L["box"]] = np.maximum(les_f[L["box"]], blob - 0.45)
         n_les = 3
     return {"n_lesions": n_les, "side": "both"}
@@ -551,7 +551,7 @@ def generate(indices, labels, image_size: int = 256, seed: int = 0, difficulty: 
     return images, lungs, lesions, meta
 
 
-@register_source("phantom", version=1)
+@register_source("phantom", version=2)
 def build(seed: int = 0, n: int = KERMANY_TOTAL, image_size: int = 256, difficulty: float = 1.0,
           marker_bias: float = 0.0) -> DataBundle:
     """The default data: ``n`` phantom chest films in Kermany's class mix and splits (see the module doc)."""
