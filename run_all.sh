@@ -21,6 +21,8 @@ Usage: ./run_all.sh [--test] [options]
   --seeds 0,1          seeds for notebook 04 (default: the profile's)
   --force              ignore caches and finished runs; recompute everything
   --fail-fast          stop at the first failing notebook (default: run all, summarise, exit 1)
+  --jobs N             notebooks executed at once, each kernel with cores/N threads (default: 2
+                       on >= 2 cores, else 1); a notebook waits for those it reads from
   --wait               queue behind another running ./run_all.sh instead of exiting
   --dry-run            print the notebook plan and exit
   --ray ADDRESS        train notebook 04's runs on a Ray cluster first (e.g. auto, or

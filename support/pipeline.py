@@ -34,8 +34,8 @@ NOTEBOOKS_DIR = paths.PROJECT_ROOT / "notebooks"
 PER_LOSS = "04"
 #: What each notebook reads from others (by number); "*" = every other notebook of the plan. A notebook
 #: not listed reads only the data. 05 crops with 02's segmentation models; 06, 07 and 09 read 04's runs;
-#: 07 explains the model-level ensembles 06 trains (one writer per run folder: a second one is refused).
-NEEDS = {"05": {"02", "04"}, "06": {"04"}, "07": {"04", "06"}, "09": {"*"}}
+#: 06 and 07 may train the same model-level ensemble at once: the second waits for the first (run_lock).
+NEEDS = {"05": {"02", "04"}, "06": {"04"}, "07": {"04"}, "09": {"*"}}
 
 
 @dataclass
@@ -146,6 +146,9 @@ def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report) -> List[Job
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from .training import WAIT_ENV
+
+    os.environ[WAIT_ENV] = "1"  # two notebooks asking for one run: the second waits, then reads it
     threads = str(kernel_threads(workers))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, threads)  # the kernels inherit it; torch reads OMP_NUM_THREADS

@@ -245,16 +245,29 @@ def git_sha() -> str:
         return "unknown"
 
 
+#: Environment switch: "1" makes a second writer of a run folder wait for the first instead of failing
+#: (set by ``./run_all.sh --jobs N`` for its notebooks, which may ask for the same run at once).
+WAIT_ENV = "LOSSBENCH_WAIT_FOR_RUNS"
+
+
 @contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """Exclusive, non-blocking lock on a run folder (released when the process dies)."""
+def run_lock(run_dir: Path, wait: Optional[bool] = None):
+    """Exclusive lock on a run folder (released when the process dies).
+
+    Held by another process: :class:`RunLocked` at once, or with ``wait`` (default: the
+    ``LOSSBENCH_WAIT_FOR_RUNS=1`` environment switch) block until it is released.
+    """
+    wait = os.environ.get(WAIT_ENV) == "1" if wait is None else wait
     run_dir.mkdir(parents=True, exist_ok=True)
     fh = open(run_dir / ".lock", "w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fh.close()
-        raise RunLocked(f"{run_dir} is being written by another process; wait for it or stop it") from None
+        if not wait:
+            fh.close()
+            raise RunLocked(f"{run_dir} is being written by another process; wait for it or stop it") from None
+        print(f"[train] {run_dir} is being trained by another process; waiting for it", flush=True)
+        fcntl.flock(fh, fcntl.LOCK_EX)
     try:
         yield
     finally:
@@ -655,6 +668,8 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
             # removes what a killed one left behind instead of piling up copies on a full disk.
             work = d if not force else d.parent / f".staging-{d.name}"
             stack.enter_context(run_lock(d))
+            if not force and is_finished(d):  # finished by the process we waited for (run_lock's wait)
+                continue
             if force and work.exists():
                 shutil.rmtree(work)
             for stale in work.glob(".*.tmp"):  # half-written by a killed process; never read, now removed

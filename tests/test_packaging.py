@@ -1,4 +1,6 @@
 """Packaging and repository hygiene: dependency lists agree, notebooks are clean and parameterised."""
+import contextlib
+import io
 import json
 import re
 import subprocess
@@ -61,6 +63,14 @@ def test_run_all_help_documents_every_flag():
     assert out.returncode == 0
     for flag in ("--test", "--profile", "--data", "--only", "--force"):
         assert flag in out.stdout
+    # ... and every flag the pipeline accepts (run_all.sh passes them through)
+    from support import pipeline
+
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()) as text:
+        pipeline.parse_args(["--help"])
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", text.getvalue())) - {"--help"}
+    assert "--jobs" in flags
+    assert not [f for f in sorted(flags) if f not in out.stdout]
 
 
 def test_no_import_side_effects(tmp_path, monkeypatch):

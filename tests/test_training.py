@@ -1,4 +1,5 @@
 """The training engine: one loop for every loss, caching, resume, determinism, failures."""
+import contextlib
 import json
 import math
 
@@ -242,3 +243,36 @@ def test_cosine_schedule_decays_every_epoch_to_a_hundredth(isolated_dirs, tiny_d
     np.testing.assert_allclose(runs.Run(d).log["lr"].to_numpy(), want, rtol=1e-6)
     with pytest.raises(ValueError, match="unknown lr_schedule 'cos'.*plateau, cosine, constant"):
         tiny_config(lr_schedule="cos")
+
+
+def test_a_second_writer_waits_then_reuses_the_finished_run(isolated_dirs, tiny_data, monkeypatch, capsys):
+    """LOSSBENCH_WAIT_FOR_RUNS=1 (./run_all.sh --jobs N): the second writer blocks on the run lock, and once
+    the first one has finished the run it reads that run instead of training it again."""
+    import fcntl
+    import threading
+    import time
+
+    cfg = tiny_config(max_epochs=1)
+    d = training.run_dir_for(cfg, None)
+    d.mkdir(parents=True)
+    holder = open(d / ".lock", "w")
+    fcntl.flock(holder, fcntl.LOCK_EX)  # "another process" (flock locks belong to the open file)
+    monkeypatch.setenv(training.WAIT_ENV, "1")
+    result = {}
+    waiter = threading.Thread(target=lambda: result.setdefault(
+        "dir", training.train_one(cfg, data=tiny_data, progress=False)))
+    waiter.start()
+    seen, deadline = "", time.monotonic() + 60
+    while "waiting for it" not in seen and time.monotonic() < deadline:  # the waiter reached the lock
+        seen += capsys.readouterr().out
+        time.sleep(0.02)
+    assert "being trained by another process; waiting for it" in seen and waiter.is_alive()
+    # The "other process" finishes the run (its own lock is the one held above), then releases the lock.
+    with monkeypatch.context() as m:
+        m.setattr(training, "run_lock", lambda run_dir, wait=None: contextlib.nullcontext())
+        training.train_one(cfg, data=tiny_data, progress=False)
+    finished = (d / "metrics.json").stat().st_mtime_ns
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    holder.close()
+    waiter.join(timeout=120)
+    assert result["dir"] == d and (d / "metrics.json").stat().st_mtime_ns == finished  # read, not retrained

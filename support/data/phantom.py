@@ -376,7 +376,7 @@ def _render(rng, label: int, size: int, difficulty: float, marker: int):
 def _consolidation(rng, L, noise, R, px, size: float):
     """Soft lumpy blob field (0..1) of one consolidation in lung L, ~``size`` in patient units."""
     x, y = L["x"], L["y"]
-    yc = rng.uniform(L["apex"] + 0.25, L["yd"] - 0.2)
+    yc = rng.uniform(L["apex"] + 0.3, L["yd"] - 0.3)  # clear of the apex and the dome
     xc = L["cx"] + rng.uniform(-0.35, 0.4) * L["a"]
     ry = size * rng.uniform(0.8, 1.2)
     rx = ry * rng.uniform(0.7, 1.3)
@@ -415,7 +415,7 @@ def _pathology(rng, label, P, sev, difficulty, noise, R, px, les_f) -> dict:
         k = 0 if rng.random() < 0.55 else 1                         # the right lung a little more often
         n_les = 1 if rng.random() < 0.8 else 2
         L = lungs[k]
-        blob = np.maximum.reduce([_consolidation(rng, L, noise, R, px, 0.20 + 0.12 * sev) for _ in range(n_les)]
+        blob = np.maximum.reduce([_consolidation(rng, L, noise, R, px, 0.22 + 0.12 * sev) for _ in range(n_les)]
                                  + [np.zeros_like(L["x"])])
         _dense(L, blob, min(0.95, (0.75 + 0.2 * sev) / difficulty), noise, R, k)
         les_f[L["box"]] = np.maximum(les_f[L["box"]], blob - 0.45)
@@ -433,7 +433,7 @@ def _pathology(rng, label, P, sev, difficulty, noise, R, px, les_f) -> dict:
     if rng.random() < 0.6:                                          # atypical: a small patch of atelectasis
         k = int(rng.integers(0, 2))
         L = lungs[k]
-        blob = _consolidation(rng, L, noise, R, px, 0.09 + 0.07 * rng.random())
+        blob = _consolidation(rng, L, noise, R, px, 0.12 + 0.08 * rng.random())
         _dense(L, blob, min(0.9, (0.45 + 0.35 * (1.0 - sev)) / difficulty), noise, R, k)
         les_f[L["box"]] = np.maximum(les_f[L["box"]], blob - 0.45)
         n_les = 3
@@ -551,7 +551,7 @@ def generate(indices, labels, image_size: int = 256, seed: int = 0, difficulty: 
     return images, lungs, lesions, meta
 
 
-@register_source("phantom", version=2)
+@register_source("phantom", version=3)
 def build(seed: int = 0, n: int = KERMANY_TOTAL, image_size: int = 256, difficulty: float = 1.0,
           marker_bias: float = 0.0) -> DataBundle:
     """The default data: ``n`` phantom chest films in Kermany's class mix and splits (see the module doc)."""
