@@ -39,6 +39,7 @@ PROFILES = {
         "losses": ("cce", "focal", "cal_cce"),
         "seeds": (0,),
         "bootstrap": 100,
+        "ensembles": {"model_level": {}},
         # Localization (notebook 07): CAMs of every run and ensemble on test images with lesions.
         "localization": {"methods": ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam"), "n_images": 8,
                          "method_images": {"scorecam": 2}, "threshold_images": 8, "road_images": 2,
@@ -67,6 +68,9 @@ PROFILES = {
         "losses": PAPER_LOSSES,
         "seeds": (0, 1),
         "bootstrap": 1000,
+        # Model-level ensembles (notebooks 06 and 07 share these runs): the merge head trains over frozen,
+        # already trained members, so half the members' epochs (cosine over 6, warm-up 2) suffice on 2 cores.
+        "ensembles": {"model_level": {"max_epochs": 6, "start_from_epoch": 2}},
         # Localization (notebook 07; ~2 min on 2 cores, most of it the shortcut runs): Grad-CAM on 64 test images
         # with lesions, the other methods on fewer (ScoreCAM: one forward pass per channel), ROAD on 4 (a sparse
         # solve per image and percentile); the shortcut experiment adds 3 biased runs (the clean ones are 04's).
@@ -95,6 +99,7 @@ PROFILES = {
         "losses": PAPER_LOSSES,
         "seeds": (0, 1, 2),
         "bootstrap": 1000,
+        "ensembles": {"model_level": {}},  # the paper: trained like the members
         "localization": {"methods": ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam"), "n_images": 256,
                          "method_images": {"scorecam": 32}, "threshold_images": 128, "road_images": 64,
                          "road_percentiles": (10, 20, 30, 40, 50, 60, 70, 80, 90), "k": 3,

@@ -129,12 +129,14 @@ def single_entries(runs: Sequence[Run]) -> List[Entry]:
 
 
 def ensemble_entries(runs: Sequence[Run], k: int = 3, methods: Sequence[str] = ("average", "weighted"),
-                     model_level: bool = True, data=None, progress: bool = False) -> List[Entry]:
+                     model_level: bool = True, data=None, progress: bool = False,
+                     train_overrides: Optional[dict] = None) -> List[Entry]:
     """Per seed: the top-``k`` runs (validation MCC) under each ensemble method's weights, and their model-level run.
 
     Methods without member weights (``vote``, ``stacking``) have no CAM
     combination and are refused. The model-level run is trained if missing
-    (cached when notebook 06 trained it).
+    (cached when notebook 06 trained it with the same ``train_overrides``: the profile's
+    ``ensembles.model_level`` settings).
     """
     from .. import ensembles
 
@@ -151,7 +153,7 @@ def ensemble_entries(runs: Sequence[Run], k: int = 3, methods: Sequence[str] = (
                                         "use methods with weights, e.g. average or weighted")
             out.append(Entry(f"{method} top-{kk}", "ensemble", seed, top, [float(w) for w in ens.weights]))
         if model_level:
-            level = ensembles.train_model_level(top, progress=progress, data=data)
+            level = ensembles.train_model_level(top, progress=progress, data=data, **(train_overrides or {}))
             out.append(Entry(f"model-level top-{kk}", "model_level", seed, [level]))
     return out
 
