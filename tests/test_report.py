@@ -85,3 +85,15 @@ def test_headline_labels_rows_by_two_columns_when_the_first_repeats():
     frame = pd.DataFrame({"loss": ["ce", "ce", "supcon"], "preset": ["iid", "shifted", "iid"], "auroc": [0.9, 0.7, 0.8]})
     labels, values, ci, metric = report.headline(report.Table("08", "t", frame, "c", "s"), ("auroc",))
     assert list(labels) == ["ce / iid", "ce / shifted", "supcon / iid"] and ci is None and metric == "auroc"
+
+
+def test_headline_keeps_only_the_summary_rows_of_a_study():
+    """The nodule panel shows the conflicting shift (every model is ~1.0 in distribution)."""
+    frame = pd.DataFrame({"loss": ["ce", "ce", "supcon", "supcon"],
+                          "preset": ["test_iid", "test_conflict", "test_iid", "test_conflict"],
+                          "accuracy_mean": [1.0, 0.94, 1.0, 0.96], "accuracy_lo": [1.0, 0.92, 1.0, 0.95],
+                          "accuracy_hi": [1.0, 0.96, 1.0, 0.97]})
+    labels, values, (lo, hi), metric = report.headline(report.Table("08", "t", frame, "c", "s"), ("accuracy",),
+                                                       report.SUMMARY_ROWS["08"])
+    assert list(labels) == ["ce", "supcon"] and list(values) == [0.94, 0.96] and list(lo) == [0.92, 0.95]
+    assert metric == "accuracy"
