@@ -180,3 +180,23 @@ def test_paper_protocol_runs_shrunk_on_cpu(isolated_dirs, monkeypatch):
     assert rec["target_met"] is None  # never claimed for a shrunk or CPU run
     assert "shrunk: n=240" in readme.read_text()
     assert not list(Path(os.environ["LOSSBENCH_RUNS_DIR"]).iterdir())  # the project's runs/ stays untouched
+
+
+def test_pipeline_timing_reads_each_notebooks_start_and_duration(tmp_path):
+    """benchmarks/pipeline_timing.py: the timeline comes from papermill's metadata, relative to the first start."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pipeline_timing
+
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    for name, start, took in [("05_compare_losses", "2026-01-01T10:01:40+00:00", 30.0),
+                              ("01_data_exploration", "2026-01-01T10:00:00+00:00", 12.5),
+                              ("04_train_one_loss__cce__seed0", "2026-01-01T10:00:10+00:00", 9.0)]:
+        (nbs / f"{name}.ipynb").write_text(json.dumps({"metadata": {"papermill": {"start_time": start,
+                                                                                   "duration": took}}}))
+    (nbs / "broken_run.ipynb").write_text(json.dumps({"metadata": {"papermill": {"duration": None}}}))
+    rows = pipeline_timing.timeline(tmp_path)
+    assert [(r["notebook"], r["start_s"], r["seconds"]) for r in rows] == [
+        ("01_data_exploration", 0.0, 12.5), ("04_train_one_loss__cce__seed0", 10.0, 9.0), ("05_compare_losses", 100.0, 30.0)]
+    with pytest.raises(SystemExit, match="no executed notebook"):
+        pipeline_timing.timeline(tmp_path / "elsewhere")
