@@ -1,4 +1,4 @@
-"""Wall time of the 4-config tiny grid of tests/test_sweep.py on each sweep backend (issue 12).
+"""Wall time of the 4-config tiny grid (support.sweep.TINY_GRID) on each sweep backend (issue 12).
 
 Backends: ``local`` sequential (this process), ``local`` with a 2-process pool, and ``ray`` on a local
 Ray instance (``ray.init(num_cpus=2)``: one task per run, 1 CPU each). Each backend trains the same 4
@@ -27,14 +27,6 @@ if str(ROOT) not in sys.path:  # run as a file; `support` lives at the repositor
     sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)  # Ray puts the driver's working folder on the workers' import path
 
-GRID = {
-    "profile": "smoke",
-    "data": {"name": "phantom", "n": 240, "image_size": 64},
-    "base": {"arch": "small_cnn", "arch_params": {"width": 8}, "dcl_channels": 128, "image_size": 32,
-             "max_epochs": 2, "device": "cpu"},
-    "grid": {"loss": ["cce", "focal"], "seed": [0, 1]},
-}
-
 
 def same_results(a: Path, b: Path) -> bool:
     import numpy as np
@@ -60,6 +52,7 @@ def main(argv=None) -> int:
     from support import sweep
     from support.data import load
 
+    GRID = sweep.TINY_GRID
     load(**GRID["data"], verbose=False)  # the data cache is built once, outside the timings
     cases = {"local, sequential, torch's default threads": {"backend": "local"},
              "local, sequential, 1 thread per run": {"backend": "local", "num_cpus": 1},
@@ -104,7 +97,7 @@ def main(argv=None) -> int:
         f"{torch.__version__}, ray {ray.__version__}, Python {platform.python_version()}; load average "
         f"{load_avg} at the end (the machine was shared with other jobs, so the absolute numbers are noisy).",
         "",
-        "Grid: `tests/test_sweep.py`'s `TINY_GRID` (phantom n=240 at 64², small_cnn width 8, 32² input, "
+        "Grid: `support.sweep.TINY_GRID` (phantom n=240 at 64², small_cnn width 8, 32² input, "
         f"2 epochs; cce/focal × seeds 0/1), {args.repeats} call(s) per backend, each into a fresh runs "
         "folder. Time = `SweepResult.seconds` (dispatch to the last finished run "
         f"folder); the data cache was built before. Ray's start-up (`ray.init(num_cpus=2)`) took "

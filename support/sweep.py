@@ -57,6 +57,15 @@ from .training import TrainConfig
 
 #: Registry of backends (one source of truth for the CLI choices and error messages).
 BACKENDS = ("local", "ray")
+#: A 4-config example grid, seconds per run on a CPU (the smoke profile's model, 2 epochs, cce/focal x
+#: seeds 0/1): what the tests and benchmarks/sweep_backends.py run on every backend.
+TINY_GRID = {
+    "profile": "smoke",
+    "data": {"name": "phantom", "n": 240, "image_size": 64},
+    "base": {"arch": "small_cnn", "arch_params": {"width": 8}, "dcl_channels": 128, "image_size": 32,
+             "max_epochs": 2, "device": "cpu"},
+    "grid": {"loss": ["cce", "focal"], "seed": [0, 1]},
+}
 #: Keys of a grid file.
 GRID_KEYS = ("profile", "data", "base", "grid")
 #: Fields a grid may set (every TrainConfig field).

@@ -14,14 +14,7 @@ import pytest
 
 from support import artifacts, paths, profiles, sweep, training
 
-#: The 4-config tiny grid: the smoke profile's CPU-sized model, 2 epochs, cce/focal x seeds 0/1.
-TINY_GRID = {
-    "profile": "smoke",
-    "data": {"name": "phantom", "n": 240, "image_size": 64},
-    "base": {"arch": "small_cnn", "arch_params": {"width": 8}, "dcl_channels": 128, "image_size": 32,
-             "max_epochs": 2, "device": "cpu"},
-    "grid": {"loss": ["cce", "focal"], "seed": [0, 1]},
-}
+TINY_GRID = sweep.TINY_GRID  # the smoke profile's CPU-sized model, 2 epochs, cce/focal x seeds 0/1
 CONTRACT_FILES = ("config.json", "metrics.json", "log.csv", "predictions.npz", "best.pt")
 
 
