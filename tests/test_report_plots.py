@@ -78,3 +78,24 @@ def test_training_curves():
 def test_pvalue_matrix(case):
     y, probs = case
     check(R.pvalue_matrix(S.pairwise_comparisons(y, probs, n_boot=200), SOURCE))
+
+
+def test_save_figure_keeps_wide_figures_small(tmp_path, monkeypatch):
+    """A figure over plots.MAX_PIXELS at the requested dpi is saved at the dpi that fits; small ones are not touched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from support import plots
+
+    monkeypatch.setenv("LOSSBENCH_FIGURES_DIR", str(tmp_path))
+    wide, small = plt.subplots(figsize=(22, 6.5))[0], plt.subplots(figsize=(4, 3))[0]
+    for fig in (wide, small):
+        fig.axes[0].plot([0, 1], [0, 1])
+    w, h = Image.open(plots.save_figure(wide, "wide")).size  # "tight" trims a few margin pixels
+    assert w * h <= plots.MAX_PIXELS and w > 0.8 * 22 * 72
+    w, h = Image.open(plots.save_figure(small, "small")).size
+    assert w > 0.8 * 4 * 130 and h > 0.8 * 3 * 130  # 130 dpi, not lowered
+    plt.close("all")

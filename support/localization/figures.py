@@ -26,11 +26,13 @@ def cam_grid(images: np.ndarray, lesion_masks, cams: Dict[str, np.ndarray], sour
     for i in range(rows):
         for j, ax in enumerate(axes[i]):
             ax.set_xticks([]), ax.set_yticks([])
-            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+            # Nearest-neighbour: each input pixel stays a visible block (the CAM is no finer than the film),
+            # and the PNG of a wide grid stays small (smoothly resampled noise compresses poorly: 2.3 MB).
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             if j:
                 cam = list(cams.values())[j - 1][i]
                 ax.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=max(float(cam.max()), 1e-6),
-                          extent=(-0.5, size - 0.5, size - 0.5, -0.5))
+                          extent=(-0.5, size - 0.5, size - 0.5, -0.5), interpolation="nearest")
             if lesion_masks is not None and lesion_masks[i].any():
                 ax.contour(lesion_masks[i], levels=[0.5], colors="red", linewidths=0.7)
             if i == 0:
