@@ -104,12 +104,12 @@ def pretrain(job: Job) -> None:
     saves ~8 s per run. Same config as the notebook's (:func:`support.sweep.notebook_configs`), so the
     same run folder; a failure here is left to the notebook, which retries and shows the error.
     """
-    from . import sweep, training
+    from . import sweep
 
     p = job.parameters
     try:
         [config] = sweep.notebook_configs(p["profile"], p["data"], [p["loss"]], [p["seed"]])
-        training.train_one(config, force=bool(p.get("force")), progress=False)
+        sweep.train_task(config, str(paths.runs_dir()), bool(p.get("force")))
         job.parameters = {**p, "force": False}  # spent here; the notebook must not retrain it again
     except Exception as exc:  # noqa: BLE001 - the notebook reports it with its traceback
         print(f"[run_all] {job.output.stem}: training before the notebook failed ({type(exc).__name__}: "

@@ -17,6 +17,9 @@ PAPER_LOSSES = (
     "cal_cce", "cal_kld", "cal_focal", "cal_hinge", "cal_neg_entropy",
 )
 
+#: The CAM methods notebook 07 scores (support.localization), in every profile.
+CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
+
 #: The synthetic-nodule study's loss variants (support.nodules): CE end to end, the embedding losses in
 #: two stages (metric loss on a projection head, then a linear layer on frozen features).
 NODULE_VARIANTS = (
@@ -41,7 +44,7 @@ PROFILES = {
         "bootstrap": 100,
         "ensembles": {"model_level": {}},
         # Localization (notebook 07): CAMs of every run and ensemble on test images with lesions.
-        "localization": {"methods": ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam"), "n_images": 8,
+        "localization": {"methods": CAM_METHODS, "n_images": 8,
                          "method_images": {"scorecam": 2}, "threshold_images": 8, "road_images": 2,
                          "road_percentiles": (20, 50, 80), "k": 3, "ensemble_methods": ("average", "weighted"),
                          "grid_images": 3,
@@ -75,7 +78,7 @@ PROFILES = {
         # Localization (notebook 07; ~3 min on 2 cores, ~40 % of it the shortcut runs): Grad-CAM on 48 test images
         # with lesions, the other methods on fewer (ScoreCAM: one forward pass per channel), ROAD on 4 (a sparse
         # solve per image and percentile); the shortcut experiment adds 2 biased runs (the clean ones are 04's).
-        "localization": {"methods": ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam"), "n_images": 48,
+        "localization": {"methods": CAM_METHODS, "n_images": 48,
                          "method_images": {"gradcam++": 32, "scorecam": 4, "eigencam": 32, "layercam": 32},
                          "threshold_images": 32, "road_images": 4,
                          "road_percentiles": (20, 50, 80), "k": 3, "ensemble_methods": ("average", "weighted"),
@@ -101,7 +104,7 @@ PROFILES = {
         "seeds": (0, 1, 2),
         "bootstrap": 1000,
         "ensembles": {"model_level": {}},  # the paper: trained like the members
-        "localization": {"methods": ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam"), "n_images": 256,
+        "localization": {"methods": CAM_METHODS, "n_images": 256,
                          "method_images": {"scorecam": 32}, "threshold_images": 128, "road_images": 64,
                          "road_percentiles": (10, 20, 30, 40, 50, 60, 70, 80, 90), "k": 3,
                          "ensemble_methods": ("average", "weighted"), "grid_images": 4,
