@@ -1,5 +1,6 @@
 """The training engine: one loop for every loss, caching, resume, determinism, failures."""
 import contextlib
+import dataclasses
 import json
 import math
 
@@ -98,6 +99,8 @@ def test_short_run_beats_chance_and_writes_the_run_folder(isolated_dirs):
     np.testing.assert_allclose(run.probs("val").sum(1), 1, atol=1e-5)
     state = artifacts.load_state(d / "best.pt")
     models.build("small_cnn", 3, dcl_channels=128, width=8).load_state_dict(state)
+    # amp=True (the default) means bf16 exactly where the CPU computes it natively; the choice is recorded
+    assert run.config["precision"] == ("bf16" if training.native_bf16(torch.device("cpu")) else "fp32")
 
 
 @pytest.mark.slow
@@ -143,12 +146,72 @@ def test_resume_after_interrupt_equals_uninterrupted(isolated_dirs, tiny_data, m
 
 @pytest.mark.slow
 def test_train_many_equals_sequential_train_one(isolated_dirs, tiny_data):
-    cfgs = [tiny_config(loss=l) for l in ("cce", "focal", "cal_cce")]
+    # unfused lockstep, fp32: bit-for-bit the separate runs (the fused path: test_fused_runs_equal_separate_runs)
+    cfgs = [tiny_config(loss=l, fuse=False, amp=False) for l in ("cce", "focal", "cal_cce")]
     many = training.train_many(cfgs, data=tiny_data, progress=False, runs_dir=isolated_dirs / "many")
     for cfg, d in zip(cfgs, many):
         one = training.train_one(cfg, data=tiny_data, progress=False, runs_dir=isolated_dirs / "one")
         np.testing.assert_allclose(runs.Run(d).probs("test"), runs.Run(one).probs("test"), atol=1e-6)
         assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def _members(k=3, arch="small_cnn", **kw):
+    out = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        m = models.build(arch, 3, dcl_channels=32, **kw)
+        m.set_input_stats(0.4, 0.2)
+        out.append(m.to(memory_format=torch.channels_last))
+    return out
+
+
+def test_fused_forward_and_gradients_equal_the_separate_models():
+    from support import fused
+
+    members = _members(width=4)
+    net = fused.FusedClassifier(members).to(memory_format=torch.channels_last)
+    x = torch.rand(8, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    logits = net(x)  # [K, B, classes]
+    total = 0
+    for i, m in enumerate(members):
+        out = m(x)  # train mode: once, so the BatchNorm running statistics move as the fused ones do
+        torch.testing.assert_close(logits[i], out, atol=1e-6, rtol=1e-5)
+        torch.nn.functional.cross_entropy(out, y * (i % 2)).backward()  # a different loss per member
+        total = total + torch.nn.functional.cross_entropy(logits[i], y * (i % 2))
+    total.backward()  # the sum: member i's gradients come from its own loss only
+    for fused_t, *member_ts in zip(net.fused_tensors(), *net.member_tensors):
+        for j, t in enumerate(member_ts):
+            part = fused_t.chunk(3)[j] if fused_t.ndim else fused_t
+            torch.testing.assert_close(part, t)  # the join: every tensor is the members' concatenation
+            if t.grad is not None:  # float summation order differs between grouped and plain kernels
+                torch.testing.assert_close(fused_t.grad.chunk(3)[j], t.grad, atol=1e-6, rtol=1e-4)
+    with pytest.raises(fused.NotFusable, match="BasicBlock"):  # residual blocks are stepped alone
+        fused.FusedClassifier([models.build("resnet18", 2), models.build("resnet18", 2)])
+
+
+@pytest.mark.slow
+def test_fused_runs_equal_separate_runs(isolated_dirs, tiny_data):
+    """fp32: a fused group (3 losses, one stops early) = the same runs unfused, up to float summation order.
+
+    Tolerance: 1e-3 on every logged training loss and validation NLL and on the test probabilities. The
+    gradients agree to ~1e-6 relative (test above), but Adam divides by sqrt(v): for a parameter whose
+    gradient is ~0 that rounding decides the sign of a full lr-sized step, so runs drift apart slowly.
+    """
+    kw = dict(amp=False, arch_params={"width": 8}, dcl_channels=128, weight_decay=1e-2, lr_schedule="constant")
+    cfgs = [tiny_config(loss="cce", **kw), tiny_config(loss="focal", max_epochs=2, **kw),
+            tiny_config(loss="hinge", **kw)]
+    together = training.train_many(cfgs, data=tiny_data, progress=False, runs_dir=isolated_dirs / "fused")
+    alone = training.train_many([dataclasses.replace(c, fuse=False) for c in cfgs], data=tiny_data,
+                                progress=False, runs_dir=isolated_dirs / "alone")
+    for a, b in zip(together, alone):
+        ra, rb = runs.Run(a), runs.Run(b)
+        assert (ra.config["fused"], rb.config["fused"], ra.config["precision"]) == (True, False, "fp32")
+        assert len(ra.log) == len(rb.log) == ra.config["config"]["max_epochs"]  # per member: 3, 2, 3 epochs
+        for col in ("train_loss", "val_nll"):
+            np.testing.assert_allclose(ra.log[col], rb.log[col], atol=1e-3)
+        np.testing.assert_allclose(ra.probs("test"), rb.probs("test"), atol=1e-3)
+        assert ra.metrics["best_epoch"] == rb.metrics["best_epoch"]
 
 
 @pytest.mark.slow
