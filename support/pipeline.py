@@ -2,7 +2,8 @@
 
 Executes the numbered notebooks in order with papermill (executed copies under
 ``runs/notebooks/``), ``04_train_one_loss`` once per loss and seed of the
-profile. A failing notebook does not stop the others: one summary at the end
+profile. Before those, one training stage per seed trains that seed's runs of every loss together
+(:func:`train_stage`: ``train_many``, fused); each notebook 04 then reads its run from its folder. A failing notebook does not stop the others: one summary at the end
 names each failure and its executed copy, and the exit code is non-zero.
 
 ``--jobs N`` executes up to N notebooks at once (default: 2 on a machine with
@@ -45,6 +46,7 @@ class Job:
     parameters: dict = field(default_factory=dict)
     error: Optional[str] = None
     seconds: float = 0.0
+    train: bool = False  # a training stage (notebook 04's runs of one seed, fused), not a notebook
 
 
 def notebooks(only: Optional[List[str]] = None) -> List[Path]:
@@ -69,21 +71,31 @@ def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=Non
     for nb in notebooks(only):
         if nb.name.startswith(PER_LOSS):
             for seed in (seeds or p["seeds"]):
-                for loss in (losses or p["losses"]):
+                names = list(losses or p["losses"])
+                stage = paths.inside(out_dir, f"{nb.stem}__train__seed{seed}")  # writes run folders only
+                jobs.append(Job(nb, stage, {**common, "losses": names, "seed": int(seed)}, train=True))
+                for loss in names:  # force is spent by the training stage; the notebook reads its run
                     out = paths.inside(out_dir, f"{nb.stem}__{loss}__seed{seed}.ipynb")  # a loss is no path
-                    jobs.append(Job(nb, out, {**common, "loss": loss, "seed": int(seed)}))
+                    jobs.append(Job(nb, out, {**common, "force": False, "loss": loss, "seed": int(seed)}))
         else:
             jobs.append(Job(nb, out_dir / nb.name, dict(common)))
-    return jobs
+    # The training stages first: they are the longest work and 05, 06, 07 and 09 wait for them.
+    return [j for j in jobs if j.train] + [j for j in jobs if not j.train]
 
 
 def dependencies(jobs: List[Job]) -> List[set]:
-    """For each job, the indices of the jobs it waits for (see :data:`NEEDS`)."""
+    """For each job, the indices of the jobs it waits for (see :data:`NEEDS`).
+
+    A per-loss notebook waits for its seed's training stage (which trains every loss of that seed fused).
+    """
     numbers = [j.notebook.name[:2] for j in jobs]
     out = []
     for i, n in enumerate(numbers):
         need = NEEDS.get(n, set())
-        out.append({k for k, m in enumerate(numbers) if k != i and m != n and ("*" in need or m in need)})
+        deps = {k for k, m in enumerate(numbers) if k != i and m != n and ("*" in need or m in need)}
+        if n == PER_LOSS and not jobs[i].train:
+            deps |= {k for k, j in enumerate(jobs) if j.train and j.parameters["seed"] == jobs[i].parameters["seed"]}
+        out.append(deps)
     return out
 
 
@@ -116,7 +128,30 @@ def pretrain(job: Job) -> None:
               f"{exc}); the notebook retries", flush=True)
 
 
+def train_stage(job: Job) -> None:
+    """Notebook 04's runs of one seed (every loss of the profile) trained in ONE ``train_many`` call.
+
+    Members of one seed share their batches, so ``train_many`` steps them as one fused module
+    (support.fused): on 2 CPU cores several times the images per second of one run at a time. The
+    notebooks then find their runs finished and read them; a run that failed here is retried (and its
+    error shown) by its notebook.
+    """
+    from . import sweep, training
+
+    p = job.parameters
+    configs = sweep.notebook_configs(p["profile"], p["data"], p["losses"], [p["seed"]])
+    try:
+        training.train_many(configs, runs_dir=paths.runs_dir(), force=bool(p.get("force")), progress=False)
+    except Exception as exc:  # noqa: BLE001 - reported here; the notebooks retry the failed runs
+        job.error = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
 def execute(job: Job, kernel: str = "python3") -> Job:
+    if job.train:
+        start = time.perf_counter()
+        train_stage(job)
+        job.seconds = time.perf_counter() - start
+        return job
     import papermill as pm
 
     # The kernels import `support` from this checkout even when it is not pip-installed.
@@ -294,6 +329,7 @@ def ray_sweep(args, jobs: List[Job], seeds, dry_run: bool = False) -> None:
         print(f"[run_all] --ray: {exc}; notebook {PER_LOSS} retries those runs here")
     for j in per_loss:
         j.parameters["force"] = False
+    jobs[:] = [j for j in jobs if not j.train]  # trained on Ray already
 
 
 def main(argv=None) -> int:
@@ -307,7 +343,7 @@ def main(argv=None) -> int:
                 losses=_csv(args.losses) or None, seeds=seeds)
     if args.dry_run:
         for j in jobs:
-            print(j.notebook.name, j.parameters)
+            print(j.notebook.name, "(training stage)" if j.train else "", j.parameters)
         ray_sweep(args, jobs, seeds, dry_run=True)
         return 0
     lock = acquire_lock(args.wait)
@@ -332,9 +368,14 @@ def main(argv=None) -> int:
     lock.close()
     failed = [j for j in done if j.error]
     total = time.perf_counter() - start
+    notebook_runs = [j for j in done if not j.train]
     print("\n========== run_all summary ==========")
-    print(f"{len(done) - len(failed)} notebook runs succeeded, {len(failed)} failed, {total / 60:.1f} min")
+    print(f"{len(notebook_runs) - len([j for j in failed if not j.train])} notebook runs succeeded, "
+          f"{len([j for j in failed if not j.train])} failed, {total / 60:.1f} min")
     for j in failed:
+        if j.train:
+            print(f"  FAILED training stage {j.output.name}: {j.error} (its notebooks retried the runs)")
+            continue
         print(f"  FAILED {j.notebook.name} {j.parameters}: {j.error}\n         executed copy: {j.output}")
     print(f"Executed notebooks: {paths.runs_dir() / 'notebooks'}")
     print(f"Run folders:        {paths.runs_dir()}")

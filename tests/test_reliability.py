@@ -524,9 +524,12 @@ def test_dependencies_follow_what_each_notebook_reads():
     names = [j.output.stem for j in jobs]
     needs = pipeline.dependencies(jobs)
     by_name = {n: {names[k] for k in needs[i]} for i, n in enumerate(names)}
-    per_loss = {n for n in names if n.startswith("04_")}
+    stages = {j.output.stem for j in jobs if j.train}
+    per_loss = {n for n in names if n.startswith("04_")}  # the training stages and the notebooks
+    assert stages == {"04_train_one_loss__train__seed0"}
     assert by_name["01_data_exploration"] == set() and by_name["08_synthetic_nodules"] == set()
-    assert all(by_name[n] == set() for n in per_loss)  # the runs start at once
+    assert all(by_name[n] == set() for n in stages)  # the training starts at once
+    assert all(by_name[n] == stages for n in per_loss - stages)  # each notebook reads its stage's runs
     assert by_name["05_compare_losses"] == per_loss | {"02_lung_segmentation"}
     assert by_name["07_localization"] == per_loss  # 06's model-level runs: the second writer waits (run_lock)
     assert by_name["09_report"] == set(names) - {"09_report"}
