@@ -1,32 +1,36 @@
-"""Compare losses over finished runs: the tables and selections behind ``05_compare_losses``.
+"""Compare losses over finished runs: the tables behind ``05_compare_losses``.
 
-Two sources of uncertainty are reported separately, because they answer
-different questions:
+A loss's score is the mean over its training seeds of a test metric on one shared test set. Its
+interval carries both noise sources -- another seed, another draw of test films -- as
+:mod:`support.inference` explains (image bootstrap shared by every loss and seed + the seed
+variance, a t-interval). Paired comparisons use the per-seed differences on the shared test
+images. Two families of tests:
 
-* **over seeds** (training randomness): mean and standard deviation of each
-  test metric over the seeds of a loss;
-* **over test images** (finite test set): a stratified bootstrap of the
-  *seed-averaged* metric — each resample of test images is scored with every
-  seed's predictions and the scores are averaged — plus the paper's Wald
-  interval on the seed mean.
+* **confirmatory**: fixed in the profile before any result is seen (``profiles.CONFIRMATORY``:
+  each loss vs ``cce``, each calibrated loss vs its base), Holm over that family;
+* **exploratory**: every pair of losses, Holm over all pairs, labelled so.
 
-Pairwise loss comparisons are paired (same test images, same resamples for
-both losses) and Holm-corrected across all pairs.
+Every test table shows its attainable p floor after correction and the minimum detectable effect.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import itertools
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from . import artifacts, metrics, paths, stats
+from . import artifacts, inference, paths, stats
+from .metrics import METRICS
 from .runs import Run
 
 #: Columns of the main table, in order (all are test-set metrics).
 TABLE_METRICS = ("mcc", "accuracy", "f1", "kappa", "auroc_macro", "auprc_macro", "ece", "brier")
-#: Metrics that get a bootstrap CI of the seed-averaged value (cheap: from confusion matrices).
+#: Metrics that get a seed x image interval (cheap: from confusion matrices).
 BOOTSTRAP_METRICS = ("mcc", "accuracy")
+#: What the intervals contain, for captions.
+INTERVAL_NOTE = ("95 % interval over seeds and test images (image bootstrap + seed variance, t with "
+                 "Satterthwaite df; support.inference)")
 
 
 def group_by_loss(runs: Sequence[Run]) -> Dict[str, List[Run]]:
@@ -43,96 +47,144 @@ def group_by_loss(runs: Sequence[Run]) -> Dict[str, List[Run]]:
     return groups
 
 
-def seed_mean_bootstrap(y: np.ndarray, probs_by_seed: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0,
-                        level: float = 0.95, boot_metrics: Sequence[str] = BOOTSTRAP_METRICS) -> Dict[str, tuple]:
-    """Stratified-bootstrap CI of the seed-averaged metrics (default MCC and accuracy): {metric: (lo, hi)}.
+def _test_images(groups: Dict[str, List[Run]], split: str) -> np.ndarray:
+    """The labels of ``split``; raises when the losses were scored on different images."""
+    first = next(iter(groups.values()))[0]
+    ids = first.ids(split)
+    for label, rs in groups.items():
+        if not np.array_equal(rs[0].ids(split), ids):
+            raise ValueError(f"{label} was scored on other {split} images than {first.label} "
+                             f"({rs[0].path} vs {first.path}); compare runs of one data source")
+    return first.labels(split)
 
-    Every seed's predictions are scored on the SAME resamples of test images,
-    and the per-resample scores are averaged over seeds.
+
+def seed_stack(runs: Sequence[Run], split: str = "test") -> Tuple[np.ndarray, Dict[str, np.ndarray], List[int], str]:
+    """``(y, {loss: probs[S, N, K]}, seeds, note)`` over the seeds that EVERY loss has (a paired design).
+
+    Seeds some loss lacks are left out and ``note`` says which (never a silent mix); with fewer than
+    2 common seeds the note says that the intervals hold test-image noise only.
     """
-    y = np.asarray(y)
-    idx = stats.resample_indices(y, n_boot, stratified=True, seed=seed)
-    a = (1 - level) / 2
-    out = {}
-    for m in boot_metrics:
-        values = np.mean([stats.bootstrap_values(y, p, m, idx) for p in probs_by_seed], axis=0)
-        out[m] = tuple(np.quantile(values, [a, 1 - a]))
-    return out
-
-
-def bars_frame(table: pd.DataFrame, metric: str = "mcc") -> pd.DataFrame:
-    """The columns :func:`support.report_plots.metric_bars` reads, from a :func:`loss_table`."""
-    out = pd.DataFrame({"loss": table["loss"], "value": table[f"{metric}_mean"]})
-    if f"{metric}_boot_lo" in table:
-        out["boot_lo"], out["boot_hi"] = table[f"{metric}_boot_lo"], table[f"{metric}_boot_hi"]
-    return out
+    groups = group_by_loss(runs)
+    if not groups:
+        raise ValueError("no runs to compare; train the losses first (notebook 04 / ./run_all.sh)")
+    y = _test_images(groups, split)
+    have = {label: {r.seed for r in rs} for label, rs in groups.items()}
+    common = sorted(set.intersection(*have.values()))
+    if not common:
+        raise ValueError(f"no seed is shared by all losses ({ {k: sorted(v) for k, v in have.items()} }); "
+                         "paired comparisons need the same seeds for every loss")
+    notes = [f"{label}: seed(s) {sorted(s - set(common))} left out (not trained for every loss)"
+             for label, s in have.items() if s - set(common)]
+    if len(common) < 2:
+        notes.append("1 seed: intervals and tests hold test-image noise only, not seed-to-seed noise")
+    probs = {label: np.stack([r.probs(split) for r in rs if r.seed in common]) for label, rs in groups.items()}
+    return y, probs, common, "; ".join(notes)
 
 
 def loss_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0,
                table_metrics: Sequence[str] = TABLE_METRICS, split: str = "test",
                boot_metrics: Sequence[str] = BOOTSTRAP_METRICS) -> pd.DataFrame:
-    """One row per loss: n_seeds; mean and sd over seeds of each metric; CIs of the seed mean.
+    """One row per loss: seeds; mean and sd over seeds of each metric; intervals over seeds and images.
 
-    Sorted by mean MCC (best first). Columns ``<m>_mean``, ``<m>_sd``, and for
-    the ``boot_metrics`` (MCC and accuracy by default) ``<m>_boot_lo/hi``
-    (image bootstrap) and ``<m>_wald_lo/hi`` (the paper's interval on the split
-    size). ``split`` is ``"test"`` (default) or ``"val"``.
+    Sorted by mean MCC (best first). Columns ``<m>_mean``, ``<m>_sd``, and for ``boot_metrics``
+    ``<m>_lo/hi`` (the seed x image interval, :func:`support.inference.model_intervals`),
+    ``<m>_se_seed`` and ``<m>_se_image`` (its two parts). Each loss uses all of its own seeds; all
+    share one set of test-image resamples. ``split``: "test" (default), "val" or a validation half.
     """
-    if split not in ("val", "test"):
-        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    groups = group_by_loss(runs)
+    if not groups:
+        return pd.DataFrame()
+    y = _test_images(groups, split)
+    idx = stats.resample_indices(y, n_boot, True, seed)
     rows = []
-    for label, rs in group_by_loss(runs).items():
-        row = {"loss": label, "n_seeds": len(rs), "seeds": ",".join(str(r.seed) for r in rs)}
+    for label, rs in groups.items():
+        row = {"loss": label, "n_seeds": len(rs), "seeds": ",".join(str(r.seed) for r in rs), "n_images": len(y)}
         for m in table_metrics:
-            vals = np.array([(r.metrics.get(split) or {}).get(m, np.nan) for r in rs], dtype=float)
+            vals = np.array([(r.metrics.get(split) or {}).get(m, np.nan) for r in rs], dtype=float) \
+                if split in ("val", "test") else np.array([float(METRICS.get(m)(y, r.probs(split))) for r in rs])
             row[f"{m}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan
             row[f"{m}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan
-        y = rs[0].labels(split)
-        cis = seed_mean_bootstrap(y, [r.probs(split) for r in rs], n_boot=n_boot, seed=seed,
-                                  boot_metrics=boot_metrics)
-        for m, (lo, hi) in cis.items():
-            row[f"{m}_boot_lo"], row[f"{m}_boot_hi"] = lo, hi
-            if m not in BOOTSTRAP_METRICS:
-                continue  # the Wald interval is the paper's, for MCC and accuracy only
-            wlo, whi = stats.wald_ci(row[f"{m}_mean"], len(y))
-            row[f"{m}_wald_lo"], row[f"{m}_wald_hi"] = wlo, whi
+        probs = np.stack([r.probs(split) for r in rs])
+        for m in boot_metrics:
+            ci = inference.model_intervals(y, {label: probs}, m, idx=idx).iloc[0]
+            row.update({f"{m}_lo": ci["lo"], f"{m}_hi": ci["hi"], f"{m}_se_seed": ci["se_seed"],
+                        f"{m}_se_image": ci["se_image"]})
         rows.append(row)
     table = pd.DataFrame(rows)
-    return table.sort_values("mcc_mean", ascending=False, ignore_index=True) if len(table) else table
+    return table.sort_values("mcc_mean", ascending=False, ignore_index=True) if "mcc_mean" in table else table
+
+
+def bars_frame(table: pd.DataFrame, metric: str = "mcc") -> pd.DataFrame:
+    """The columns :func:`support.report_plots.metric_bars` reads, from a :func:`loss_table`."""
+    out = pd.DataFrame({"loss": table["loss"], "value": table[f"{metric}_mean"]})
+    if f"{metric}_lo" in table:
+        out["ci_lo"], out["ci_hi"] = table[f"{metric}_lo"], table[f"{metric}_hi"]
+    return out
 
 
 def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Human-readable version: 'mean ± sd' and '[lo, hi]' strings."""
+    """Human-readable version: 'mean ± sd' (over seeds) and '[lo, hi]' (seeds x images) strings."""
     out = pd.DataFrame({"loss": table["loss"], "seeds": table["n_seeds"]})
+    if "n_images" in table:
+        out["test images"] = table["n_images"]
     f = f"{{:.{digits}f}}"
     for m in TABLE_METRICS:
         if f"{m}_mean" not in table:
             continue
         sd = table[f"{m}_sd"].map(lambda v: "" if pd.isna(v) else " ± " + f.format(v))
         out[m] = table[f"{m}_mean"].map(f.format) + sd
-        if f"{m}_boot_lo" in table:
-            out[f"{m} 95% CI (bootstrap)"] = ("[" + table[f"{m}_boot_lo"].map(f.format) + ", "
-                                              + table[f"{m}_boot_hi"].map(f.format) + "]")
+        if f"{m}_lo" in table:
+            out[f"{m} 95% CI (seeds × images)"] = ("[" + table[f"{m}_lo"].map(f.format) + ", "
+                                                  + table[f"{m}_hi"].map(f.format) + "]")
     return out
 
 
-def pairwise_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Every pair of losses, compared on the first common seed's test predictions.
-
-    Exact McNemar and paired-bootstrap ΔMCC, Holm-corrected over all pairs
-    (see :func:`support.stats.pairwise_comparisons`).
-    """
-    groups = group_by_loss(runs)
-    common = sorted(set.intersection(*[{r.seed for r in rs} for rs in groups.values()])) if groups else []
-    if not common:
-        raise ValueError("no seed is shared by all losses; pairwise tests need paired runs")
-    s = common[0]
-    chosen = {label: next(r for r in rs if r.seed == s) for label, rs in groups.items()}
-    y = next(iter(chosen.values())).labels("test")
-    probs = {label: r.probs("test") for label, r in chosen.items()}
-    table = stats.pairwise_comparisons(y, probs, metric="mcc", n_boot=n_boot, seed=seed)
-    table.attrs["seed"] = s
+def comparison_table(runs: Sequence[Run], pairs: Sequence[Tuple[str, str]], metric: str = "mcc",
+                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, family: str = "confirmatory",
+                     split: str = "test") -> pd.DataFrame:
+    """Paired seed x image tests of ``metric(A) - metric(B)`` for ``pairs`` (Holm over them), on the
+    seeds every loss has (:func:`seed_stack`). Pairs naming a loss without runs are dropped and listed
+    in ``attrs["note"]``. ``family`` labels the table ("confirmatory" or "exploratory")."""
+    y, probs, seeds, note = seed_stack(runs, split)
+    kept = [(a, b) for a, b in pairs if a in probs and b in probs]
+    dropped = [f"{a} vs {b}" for a, b in pairs if (a, b) not in kept]
+    if dropped:
+        note = "; ".join(filter(None, [note, f"no runs for: {', '.join(dropped)}"]))
+    if not kept:
+        raise ValueError(f"none of the pairs {list(pairs)} has runs of both losses (losses with runs: {list(probs)})")
+    table = inference.paired_tests(y, probs, kept, metric, n_boot=n_boot, seed=seed, alpha=alpha)
+    table.insert(0, "family", family)
+    table.attrs.update(seeds=seeds, note=note, family=family)
     return table
+
+
+def confirmatory_table(runs: Sequence[Run], family: dict, n_boot: int = 1000, seed: int = 0,
+                       metric: str = "mcc") -> pd.DataFrame:
+    """The profile's confirmatory family (``profiles.CONFIRMATORY``-shaped dict with ``pairs`` and
+    ``alpha``) on ``metric``: each pair tested, Holm over the family."""
+    return comparison_table(runs, [tuple(p) for p in family["pairs"]], metric, n_boot, seed, family.get("alpha", 0.05))
+
+
+def pairwise_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0, metric: str = "mcc") -> pd.DataFrame:
+    """Every pair of losses (exploratory): paired seed x image tests, Holm over all pairs."""
+    labels = list(group_by_loss(runs))
+    return comparison_table(runs, list(itertools.combinations(labels, 2)), metric, n_boot, seed,
+                            family="exploratory")
+
+
+def display_tests(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A test table for reading: Δ with interval, p, Holm p, its floor, MDE, verdict."""
+    f = f"{{:.{digits}f}}".format
+    metric = table.attrs.get("metric", "mcc")
+    verdict = np.where(table["identical"], "identical predictions (alias)",
+                       np.where(table["significant"], "differs", "no difference detected"))
+    return pd.DataFrame({
+        "family": table["family"], "A": table["model_a"], "B": table["model_b"],
+        f"Δ{metric} (A − B)": table["delta"].map(f),
+        "95% CI (seeds × images)": "[" + table["delta_lo"].map(f) + ", " + table["delta_hi"].map(f) + "]",
+        "p": table["p_value"].map("{:.2g}".format), "p (Holm)": table["p_holm"].map("{:.2g}".format),
+        "p floor (Holm)": table["p_floor_holm"].map("{:.0g}".format), "MDE (80 %)": table["mde"].map(f),
+        "seeds": table["n_seeds"], "verdict": verdict})
 
 
 def first_seed_predictions(runs: Sequence[Run]) -> Dict[str, Run]:

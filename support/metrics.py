@@ -232,6 +232,35 @@ def _ece(y, p, n_bins: int = 15):
     return np.abs(correct_sum - conf_sum).sum() / len(y)  # n_b/N * |sum_correct/n_b - sum_conf/n_b|
 
 
+@_metric("adaptive_ece", greater_is_better=False)
+def _adaptive_ece(y, p, n_bins: int = 15):
+    """Adaptive (equal-mass) ECE, 15 bins: the max probabilities sorted into bins of N/15 images each,
+    then sum_b (n_b / N) |acc_b - conf_b| (Nixon et al. 2019, "Measuring calibration in deep learning")."""
+    order = np.argsort(p.max(1), kind="stable")
+    conf, correct = p.max(1)[order], (p.argmax(1) == y)[order].astype(np.float64)
+    return sum(abs(c.sum() - a.sum()) for c, a in zip(np.array_split(conf, n_bins), np.array_split(correct, n_bins))) / len(y)
+
+
+@_metric("classwise_ece", greater_is_better=False)
+def _classwise_ece(y, p, n_bins: int = 15):
+    """Classwise ECE (Kull et al. 2019): the mean over classes c of the 15-bin ECE of p_c against 1[y = c],
+    every class probability binned, not only the maximum."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    total = 0.0
+    for c in range(p.shape[1]):
+        b = np.clip(np.searchsorted(edges, p[:, c], side="left") - 1, 0, n_bins - 1)
+        total += np.abs(np.bincount(b, (y == c).astype(np.float64), n_bins) - np.bincount(b, p[:, c], n_bins)).sum()
+    return total / (len(y) * p.shape[1])
+
+
+@_metric("mce", greater_is_better=False)
+def _mce(y, p, n_bins: int = 15):
+    """Maximum calibration error (Guo et al. 2017): max over non-empty 15-bin bins of |acc_b - conf_b|."""
+    _, count, conf_sum, correct_sum = _bin_stats(y, p, n_bins)
+    full = count > 0
+    return float(np.max(np.abs(correct_sum[full] - conf_sum[full]) / count[full]))
+
+
 def ece(y_true, probs, n_bins: int = 15) -> float:
     """ECE with a chosen number of bins (the registered ``"ece"`` uses 15)."""
     return float(_ece(*check_inputs(y_true, probs), n_bins=n_bins))

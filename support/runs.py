@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import artifacts, paths
+from .data.halves import HALVES, val_halves
 
 
 @dataclass
@@ -82,11 +83,37 @@ class Run:
         label = f"{self.loss}[{extra}]" if extra else self.loss
         return label + " · lung crop" if (self.metrics.get("data") or {}).get("lung_crop") else label
 
+    @cached_property
+    def val_half(self) -> np.ndarray:
+        """``int8[N_val]``: 0 = the early-stopping half, 1 = the half for post-hoc fitting.
+
+        Read from ``predictions.npz``; runs written before it was recorded get the same halves
+        recomputed from their validation labels and ids (:func:`support.data.halves.val_halves`).
+        """
+        p = self.predictions
+        if "val_half" in p:
+            return np.asarray(p["val_half"])
+        return val_halves(p["val_labels"], [str(i) for i in p["val_ids"]])
+
+    def _rows(self, split: str):
+        if split in HALVES:
+            return "val", self.val_half == HALVES.index(split)
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val', 'test', {' or '.join(map(repr, HALVES))}, got {split!r}")
+        return split, slice(None)
+
     def probs(self, split: str = "test") -> np.ndarray:
-        return self.predictions[f"{split}_probs"]
+        """Probabilities ``[N, K]`` of ``split``: "test", "val", or a validation half "val_stop" / "val_fit"."""
+        name, rows = self._rows(split)
+        return self.predictions[f"{name}_probs"][rows]
 
     def labels(self, split: str = "test") -> np.ndarray:
-        return self.predictions[f"{split}_labels"]
+        name, rows = self._rows(split)
+        return self.predictions[f"{name}_labels"][rows]
+
+    def ids(self, split: str = "test") -> np.ndarray:
+        name, rows = self._rows(split)
+        return self.predictions[f"{name}_ids"][rows]
 
     def check(self) -> "Run":
         """Read every file once so that a broken run fails here, with its path."""

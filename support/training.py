@@ -19,8 +19,9 @@ both are read once per epoch, where a diverged run is stopped.
 
 Run folder ``runs/<key>/`` (contract, see ../shared/design.md): ``config.json``
 (written first), ``log.csv`` (one row per epoch), ``best.pt`` (state dict of
-the best epoch by the monitored validation metric), ``predictions.npz`` (val
-and test probabilities, labels, ids) and ``metrics.json`` (written LAST: its
+the best epoch by the monitored metric on the first validation half),
+``predictions.npz`` (val and test probabilities, labels, ids, and ``val_half``:
+0 = early-stopping half, 1 = the half kept for post-hoc fitting) and ``metrics.json`` (written LAST: its
 presence marks the run finished). ``last.pt`` holds the resume state after
 each epoch (model, optimiser, scheduler, early-stopping state, log) and is
 removed when the run finishes. Every file is written atomically.
@@ -678,7 +679,10 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
     size = first.image_size
     x_train = to_device_images(tr.images, size, device)
     y_train = tr.labels.to(device)
-    x_val, y_val = to_device_images(va.images, size, device), va.labels.to(device)
+    # Early stopping and the checkpoint choice see only the first validation half; the second is kept
+    # for what is fitted after training (top-K, ensemble weights, temperature; support.data.halves).
+    stop = torch.from_numpy(np.flatnonzero(bundle.val_half() == 0))
+    x_val, y_val = to_device_images(va.images[stop], size, device), va.labels[stop].to(device)
     weights = balanced_class_weights(tr.labels, k) if any(c.class_weights for c in configs) else None
     input_stats = train_input_stats(x_train)
     amp = precision(first, device) == "bf16"
@@ -860,7 +864,7 @@ def _finish(m: _Member, bundle, size: int, device, amp: bool, force: bool) -> No
                 probs = knn_probs(ref_z, y_tr, m.embed(to_device_images(s.images, size, device), amp), len(bundle.classes))
                 knn[f"{split}_accuracy"] = float((probs.argmax(1) == s.labels.numpy()).mean())
         extra["knn"] = knn
-    arrays, report = {"classes": np.array(bundle.classes)}, {}
+    arrays, report = {"classes": np.array(bundle.classes), "val_half": bundle.val_half()}, {}
     for split in ("val", "test"):
         s = bundle.splits[split]
         probs = predict_probs(m.model, to_device_images(s.images, size, device), amp=amp).cpu().numpy()

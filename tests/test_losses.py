@@ -80,7 +80,11 @@ def weighted_mean(per, y, w):
 # name -> (build params, reference(z, y, w) -> float)
 CLS_CASES = {
     "cce": ({}, lambda z, y, w: weighted_mean(np_cce(z, y), y, w)),
-    "cce_entropy_reg": ({}, lambda z, y, w: weighted_mean(np_cce(z, y), y, w) + 2.0 * np_entropy(z).mean()),
+    # Keras scale: beta / (K * paper batch 16) = 2 / 48 on the per-sample mean entropy
+    "cce_entropy_reg": ({}, lambda z, y, w: weighted_mean(np_cce(z, y), y, w)
+                        + 2.0 / (z.shape[1] * 16) * np_entropy(z).mean()),
+    "cce_entropy_reg(scale=per_sample)": ({"scale": "per_sample"},
+                                          lambda z, y, w: weighted_mean(np_cce(z, y), y, w) + 2.0 * np_entropy(z).mean()),
     "kld": ({}, lambda z, y, w: weighted_mean(np_kld(z, y), y, w)),
     "focal": ({}, lambda z, y, w: weighted_mean(np_focal(z, y), y, w)),
     "hinge": ({}, lambda z, y, w: weighted_mean(np_hinge(z, y), y, w)),
@@ -164,7 +168,8 @@ def test_hand_derived_values():
     y = torch.tensor([0, 1])
     log3 = np.log(3.0)
     assert losses.build("cce")(z, y).item() == pytest.approx(log3)                    # -log(1/3)
-    assert losses.build("cce_entropy_reg")(z, y).item() == pytest.approx(3 * log3)    # log3 + 2 log3
+    assert losses.build("cce_entropy_reg", scale="per_sample")(z, y).item() == pytest.approx(3 * log3)  # log3 + 2 log3
+    assert losses.build("cce_entropy_reg")(z, y).item() == pytest.approx(log3 + 2 / 48 * log3)  # Keras: 2/(K*16)
     assert losses.build("focal")(z, y).item() == pytest.approx((2 / 3) ** 2 * log3)  # (1 - 1/3)^2 log 3
     assert losses.build("hinge")(z, y).item() == pytest.approx(1.0)                  # 1 + 1/3 - 1/3
     # accuracy 1/2 (argmax 0 is right for the first sample only), confidence 1/3 -> DCA = 1/6

@@ -68,8 +68,8 @@ def test_registry_covers_report_and_directions():
         assert M.METRICS.get(name)(Y, PROBS) == pytest.approx(m[name], nan_ok=True)
     assert {"mcc", "accuracy", "auroc_micro", "ece", "brier", "log_loss"} <= set(M.METRICS.names())
     assert not M.METRICS.get("log_loss").greater_is_better and M.METRICS.get("mcc").greater_is_better
-    with pytest.raises(ValueError, match="unknown metric 'mmc'.*Did you mean 'mcc'"):
-        M.METRICS.get("mmc")
+    with pytest.raises(ValueError, match="unknown metric 'mccc'.*Did you mean 'mcc'"):
+        M.METRICS.get("mccc")
 
 
 # ECE hand case (binary, 15 bins of width 1/15, right-closed):

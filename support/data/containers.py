@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .halves import val_halves
+
 SPLITS = ("train", "val", "test")
 CXR_CLASSES = ("normal", "bacterial", "viral")
 
@@ -91,6 +93,11 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def val_half(self, seed: int = 0) -> np.ndarray:
+        """``int8[N_val]``: 0 = early-stopping half, 1 = post-hoc fitting half (:mod:`support.data.halves`)."""
+        val = self.splits["val"]
+        return val_halves(val.labels.numpy(), val.ids, seed=seed)
 
     def counts(self) -> pd.DataFrame:
         """Images per split (rows) and class (columns), with totals."""

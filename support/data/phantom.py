@@ -36,6 +36,10 @@ Classes (severity ~ U(0, 1) per abnormal image, in ``meta``)
 Knobs (``load("phantom", ...)`` = :func:`build`)
     seed         int, 0      every draw; image i uses ``np.random.default_rng([seed, i])`` only
     n            int, 5856   total images (>= 30); the Kermany mix and splits are scaled by n/5856
+    n_test       int, None   size of the test draw (Kermany's test mix) instead of n's share; e.g. 6000
+                             so that a comparison of losses is not limited by test-image noise
+    n_val        int, None   size of the validation draw (the carve-out's mix) instead of n's share;
+                             it is halved for early stopping / post-hoc fitting (support.data.halves)
     image_size   int, 256    side in pixels (>= 32); anatomy is defined in relative units
     difficulty   float, 1.0  divides the opacity of every lesion (> 0; higher = harder). At 1.0 a
                              logistic regression on 32x32 pixels stays near 0.60-0.68 test accuracy
@@ -90,8 +94,22 @@ _F = np.float32
 
 
 # ----------------------------------------------------------------------------- splits
-def split_counts(n: int) -> Dict[str, Tuple[int, int, int]]:
-    """Images per class for each split at total ``n`` (the Kermany mix scaled by n/5856)."""
+def _mix(total: int, weights) -> list:
+    """``total`` images split in the proportions ``weights`` (largest remainder; each class >= 1)."""
+    w = np.asarray(weights, dtype=float) / sum(weights)
+    counts = np.maximum(1, np.floor(w * total)).astype(int)
+    for i in np.argsort(-(w * total - np.floor(w * total)))[: max(0, total - counts.sum())]:
+        counts[i] += 1
+    return [int(c) for c in counts]
+
+
+def split_counts(n: int, n_test: Optional[int] = None, n_val: Optional[int] = None) -> Dict[str, Tuple[int, int, int]]:
+    """Images per class for each split at total ``n`` (the Kermany mix scaled by n/5856).
+
+    ``n_test`` / ``n_val`` (optional) replace the test / validation sizes by draws of their own size
+    in the same class mix (Kermany's test mix; the validation carve-out's mix); the training split
+    is always the one of ``n``.
+    """
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
         raise ValueError(f"phantom n={n!r} must be an int (total number of images, e.g. 5856)")
     if n < MIN_N:
@@ -103,12 +121,19 @@ def split_counts(n: int) -> Dict[str, Tuple[int, int, int]]:
     folder[1] += n - sum(test) - sum(folder)          # exact total; bacterial is the largest class
     val = [max(1, int(c * VAL_FRACTION)) for c in folder]
     train = [a - b for a, b in zip(folder, val)]
+    for name, size in (("n_test", n_test), ("n_val", n_val)):
+        if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 6):
+            raise ValueError(f"phantom {name}={size!r} must be an int >= 6 (two images per class), e.g. {name}=6000")
+    if n_test is not None:
+        test = _mix(n_test, KERMANY_TEST)
+    if n_val is not None:
+        val = _mix(n_val, val)
     return {"train": tuple(train), "val": tuple(val), "test": tuple(test)}
 
 
-def _plan(seed: int, n: int, marker_bias: float) -> pd.DataFrame:
+def _plan(seed: int, n: int, marker_bias: float, n_test=None, n_val=None) -> pd.DataFrame:
     """Global index, split, label and marker state of every image (no pixels)."""
-    counts_of = split_counts(n)
+    counts_of = split_counts(n, n_test, n_val)
     rows, start = [], 0
     for s_i, split in enumerate(SPLITS):
         counts = counts_of[split]
@@ -554,11 +579,15 @@ def generate(indices, labels, image_size: int = 256, seed: int = 0, difficulty: 
 
 @register_source("phantom", version=3)
 def build(seed: int = 0, n: int = KERMANY_TOTAL, image_size: int = 256, difficulty: float = 1.0,
-          marker_bias: float = 0.0) -> DataBundle:
-    """The default data: ``n`` phantom chest films in Kermany's class mix and splits (see the module doc)."""
+          marker_bias: float = 0.0, n_test: Optional[int] = None, n_val: Optional[int] = None) -> DataBundle:
+    """The default data: ``n`` phantom chest films in Kermany's class mix and splits (see the module doc).
+
+    ``n_test`` / ``n_val`` give the test and validation draws their own size (generated films cost
+    nothing: size them to the effect a comparison must detect); the training split stays that of ``n``.
+    """
     _check(image_size, difficulty, marker_bias)
-    plan = _plan(seed, n, float(marker_bias))
-    big = n * image_size ** 2 >= 1000 * 128 ** 2                     # below this a pool costs more than it saves
+    plan = _plan(seed, n, float(marker_bias), n_test, n_val)
+    big = len(plan) * image_size ** 2 >= 1000 * 128 ** 2                    # below this a pool costs more than it saves
     images, lungs, lesions, meta = generate(plan["index"].to_numpy(), plan["label"].to_numpy(), image_size, seed,
                                             difficulty, plan["marker"].to_numpy(), workers=2 if big else 1)
     meta.insert(0, "id", [f"phantom-s{seed}-{i:06d}" for i in plan["index"]])
@@ -570,7 +599,8 @@ def build(seed: int = 0, n: int = KERMANY_TOTAL, image_size: int = 256, difficul
                              ids=meta["id"].iloc[rows].tolist(), lung_masks=torch.from_numpy(lungs[rows]),
                              lesion_masks=torch.from_numpy(lesions[rows]), meta=meta.iloc[rows].reset_index(drop=True))
     extra = (f", difficulty {difficulty:g}" if difficulty != 1.0 else "") + \
-        (f", marker_bias {marker_bias:g}" if marker_bias else "")
+        (f", marker_bias {marker_bias:g}" if marker_bias else "") + \
+        (f", test {n_test}" if n_test is not None else "") + (f", val {n_val}" if n_val is not None else "")
     source = f"CXR phantom (generated, seed {seed}, n={n}, {image_size}²{extra})"
     return DataBundle(classes=CLASSES, splits=splits, source=source, name="phantom")
 

@@ -31,7 +31,7 @@ from .. import metrics as metrics_mod
 from .. import stats
 from ..runs import Run
 from .base import ENSEMBLES, LEAK_SUFFIX, EnsembleError, fit
-from .members import check_members, fit_runs, leak_label, predict_runs, select_top_k
+from .members import check_members, fit_runs, fit_split, leak_label, predict_runs, select_top_k
 from .model_level import train_model_level
 
 #: Test metrics of the ensemble table (ECE: lower is better).
@@ -71,7 +71,7 @@ def group_by_seed(runs: Sequence[Run]) -> Dict[int, List[Run]]:
 
 def _from_run(name, kind, run: Run, seed, fit_on, members, detail) -> EnsembleResult:
     return EnsembleResult(name, kind, seed, fit_on, members, run.probs("test"), run.labels("test"),
-                          [str(c) for c in run.predictions["classes"]], val_probs=run.probs("val"),
+                          [str(c) for c in run.predictions["classes"]], val_probs=run.probs("val_fit"),
                           detail=detail, run=run)
 
 
@@ -117,7 +117,7 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
                 results.append(EnsembleResult(
                     leak_label(f"{m} top-{kk}", fit_on), "prediction", seed, fit_on, labels,
                     predict_runs(ens, top, "test"), top[0].labels("test"), [str(c) for c in top[0].predictions["classes"]],
-                    val_probs=predict_runs(ens, top, "val"),
+                    val_probs=predict_runs(ens, top, "val_fit"),
                     weights=None if ens.weights is None else [float(w) for w in ens.weights], detail=ens.describe()))
             if model_level:
                 run = train_model_level(top, force=force, progress=progress, data=data, **train_overrides)
@@ -126,13 +126,14 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
                                          fit_on, labels, f"run {run.path}: merge head over {', '.join(labels)}"))
         if final_blend and len(level_runs) >= 2:
             (k1, r1), (k2, r2) = list(level_runs.items())[:2]
-            ens = fit("weighted", [r1.probs(fit_on), r2.probs(fit_on)], r1.labels(fit_on), fit_on=fit_on,
+            split = fit_split(fit_on)
+            ens = fit("weighted", [r1.probs(split), r2.probs(split)], r1.labels(split), fit_on=fit_on,
                       members=[f"model-level top-{k1}", f"model-level top-{k2}"])
             results.append(EnsembleResult(
                 leak_label(f"final blend (model-level top-{k1} + top-{k2})", fit_on), "blend", seed, fit_on,
                 list(ens.members), ens.predict_proba([r1.probs("test"), r2.probs("test")]), r1.labels("test"),
                 [str(c) for c in r1.predictions["classes"]],
-                val_probs=ens.predict_proba([r1.probs("val"), r2.probs("val")]),
+                val_probs=ens.predict_proba([r1.probs("val_fit"), r2.probs("val_fit")]),
                 weights=[float(w) for w in ens.weights], detail=ens.describe()))
         elif final_blend and model_level:
             print(f"[ensembles] seed {seed}: the final blend needs two different model-level ensembles; skipped")

@@ -85,9 +85,27 @@ def check_members(runs: Sequence[Union[Run, str, Path]]) -> List[Run]:
 
 
 def _split(fit_on: str) -> str:
+    """The predictions a fit reads: ``"val"`` means the validation half kept for post-hoc fitting
+    (``"val_fit"``; the other half chose the members' checkpoints, :mod:`support.data.halves`)."""
     if fit_on not in FIT_SPLITS:
         raise ValueError(f"fit_on must be 'val' (clean) or 'test' (the paper's leak), got {fit_on!r}")
-    return fit_on
+    return "val_fit" if fit_on == "val" else fit_on
+
+
+fit_split = _split
+
+
+def _alias_of(runs: Sequence[Run], split: str) -> List[str]:
+    """Per run, the label of an earlier run with bit-identical ``split`` predictions ('' if none).
+
+    ``kld`` and ``cce`` (and ``cal_kld`` / ``cal_cce``) are the same loss for one-hot targets: with the
+    same seed they train the same model, and a top-K holding both would count one model twice.
+    """
+    out = []
+    for i, r in enumerate(runs):
+        same = next((q for q in runs[:i] if np.array_equal(q.probs(split), r.probs(split))), None)
+        out.append("" if same is None else same.label)
+    return out
 
 
 def rank_runs(runs: Sequence[Union[Run, str, Path]], metric: str = "mcc", split: str = "val") -> pd.DataFrame:
@@ -97,26 +115,34 @@ def rank_runs(runs: Sequence[Union[Run, str, Path]], metric: str = "mcc", split:
     runs = check_members(runs)
     fn = metrics_mod.METRICS.get(metric)
     higher = getattr(fn, "greater_is_better", True)
+    split = _split(split)
     rows = [{"key": r.key, "label": r.label, "seed": r.seed,
-             "score": float(fn(r.labels(_split(split)), r.probs(split))), "run": r} for r in runs]
+             "score": float(fn(r.labels(split), r.probs(split))), "run": r} for r in runs]
     table = pd.DataFrame(rows)
     table["_order"] = -table["score"] if higher else table["score"]
-    return table.sort_values(["_order", "key"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    table = table.sort_values(["_order", "label", "key"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    table["alias_of"] = _alias_of(list(table["run"]), split)
+    return table
 
 
 def select_top_k(runs: Sequence[Union[Run, str, Path]], k: int, metric: str = "mcc", split: str = "val") -> List[Run]:
-    """The ``k`` best members by ``metric`` on ``split`` (default: validation MCC), best first.
+    """The ``k`` best distinct members by ``metric`` on ``split`` (default: validation MCC), best first.
 
-    ``k`` larger than the number of runs is an error naming the runs; pass
+    A run whose predictions are identical to a better-ranked one (an alias, e.g. ``kld`` = ``cce``)
+    is counted once. ``k`` larger than the number of distinct runs is an error naming the runs; pass
     ``min(k, len(runs))`` explicitly when fewer are acceptable.
     """
     runs = check_members(runs)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    if k > len(runs):
-        raise EnsembleError(f"top-{k} needs {k} finished runs, only {len(runs)} available: {_names(runs)}; "
-                            "lower K or train more losses/seeds")
-    return list(rank_runs(runs, metric, split)["run"][:k])
+    ranked = rank_runs(runs, metric, split)
+    distinct = ranked[ranked["alias_of"] == ""]
+    if k > len(distinct):
+        aliases = "; ".join(f"{a} = {b}" for a, b in zip(ranked["label"], ranked["alias_of"]) if b)
+        raise EnsembleError(f"top-{k} needs {k} distinct finished runs, only {len(distinct)} available: "
+                            f"{_names(runs)}" + (f" (aliases counted once: {aliases})" if aliases else "")
+                            + "; lower K or train more losses/seeds")
+    return list(distinct["run"][:k])
 
 
 def fit_runs(method: str, runs: Sequence[Union[Run, str, Path]], fit_on: str = "val", **params) -> Ensemble:

@@ -119,20 +119,32 @@ class LabelSmoothedCCE(ClassificationLoss):
         return -(smooth_targets(target, k, self.epsilon, k, log_p) * log_p).sum(dim=1)
 
 
+#: Scales of the entropy term of ``cce_entropy_reg`` (see its docstring).
+ENTROPY_SCALES = ("keras", "per_sample")
+#: The paper's batch size, which the Keras activity regulariser divides by (notes 3.1.2, 3.5).
+PAPER_BATCH = 16
+
+
 class EntropyRegularisedCCE(CCE):
-    """CCE + beta * mean_b H(p_b). See :func:`cce_entropy_reg`."""
+    """CCE + weight * mean_b H(p_b). See :func:`cce_entropy_reg`."""
 
     name = "cce_entropy_reg"
 
-    def __init__(self, beta: float = 2.0, paper_code: bool = False, class_weight=None, name=None):
+    def __init__(self, beta: float = 2.0, paper_code: bool = False, scale: str = "keras",
+                 paper_batch: int = PAPER_BATCH, class_weight=None, name=None):
         super().__init__(class_weight, name)
         self.beta = _checks.number(self.name, "beta", beta, low=0.0, example="2.0")
         self.paper_code = _checks.flag(self.name, "paper_code", paper_code)
+        if scale not in ENTROPY_SCALES:
+            raise ValueError(f"{self.name}: scale={scale!r} is unknown; use one of {', '.join(ENTROPY_SCALES)}")
+        self.scale = scale
+        self.paper_batch = int(_checks.number(self.name, "paper_batch", paper_batch, low=1.0, example="16"))
 
     def batch_term(self, log_p, target):
         if self.paper_code:  # the published regularizer() returned None: no term at all
             return None
-        return self.beta * entropy(log_p).mean()
+        weight = self.beta / (log_p.shape[1] * self.paper_batch) if self.scale == "keras" else self.beta
+        return weight * entropy(log_p).mean()
 
 
 class ConfidencePenaltyCCE(CCE):
@@ -186,18 +198,24 @@ def ls_cce(epsilon: float = 0.2, class_weight=None) -> LabelSmoothedCCE:
     return LabelSmoothedCCE(epsilon, class_weight)
 
 
-def cce_entropy_reg(beta: float = 2.0, paper_code: bool = False, class_weight=None) -> EntropyRegularisedCCE:
+def cce_entropy_reg(beta: float = 2.0, paper_code: bool = False, scale: str = "keras",
+                    paper_batch: int = PAPER_BATCH, class_weight=None) -> EntropyRegularisedCCE:
     """CCE + entropy regulariser (penalises uncertain outputs; entropy minimisation).
 
-    Formula: L = (1/B) sum_b w[y_b] (-log p_{b,y_b}) + beta * (1/B) sum_b H(p_b),
+    Formula: L = (1/B) sum_b w[y_b] (-log p_{b,y_b}) + weight * (1/B) sum_b H(p_b),
     H(p) = -sum_c p_c log p_c. Grandvalet & Bengio 2005 (entropy minimisation);
     in Rajaraman et al. 2021 an ``activity_regularizer`` on the softmax layer,
     beta = 2.0 (checkpoint "beta2.0"; notes 3.1.2).
-    Scale: Keras would have computed beta * mean over b *and* c of -p log p,
-    divided again by B (activity regularisers are), i.e. our term / (K * B);
-    we use the per-sample entropy averaged over the batch, so that beta does
-    not depend on K or B. ``paper_code=True`` reproduces the *published* code,
-    whose ``regularizer()`` returned None: the term is dropped (loss = CCE).
+    Scale (``scale``):
+      "keras" (default, the paper's): Keras takes beta * the mean over batch *and*
+        classes of -p log p and divides activity regularisers by the batch size
+        again, so weight = beta / (K * paper_batch) with the paper's batch 16:
+        2 / (3 * 16) ~ 0.042 for K = 3. ``paper_batch`` is fixed (not our batch
+        size) so that the weight does not change with a profile's batch.
+      "per_sample": weight = beta, the per-sample entropy averaged over the batch
+        (independent of K and B; 48x stronger at K = 3; this kit's default before).
+    ``paper_code=True`` reproduces the *published* code, whose ``regularizer()``
+    returned None: the term is dropped (loss = CCE).
     The regulariser is not class-weighted. Shapes: as ``cce``.
     """
-    return EntropyRegularisedCCE(beta, paper_code, class_weight)
+    return EntropyRegularisedCCE(beta, paper_code, scale, paper_batch, class_weight)
