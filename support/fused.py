@@ -180,6 +180,35 @@ def partition(members: Sequence, min_size: int = 2) -> Tuple[List[list], list]:
     return fused, alone
 
 
+def signature(model: nn.Module) -> tuple:
+    """Names and shapes of a model's tensors: models with equal signatures may be fused."""
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+@torch.no_grad()
+def predict(models: Sequence[nn.Module], images_u8: torch.Tensor, prepare: Callable, amp: bool,
+            channels_last: bool = True, batch_size: int = 128) -> List[torch.Tensor]:
+    """Softmax probabilities [N, classes] of each model (eval mode), computed as ONE fused module.
+
+    ``prepare`` turns a uint8 batch into the models' input (``training.prepare_batch``). NotFusable
+    when the models cannot be joined (the caller then evaluates them one by one).
+    """
+    if len({signature(m) for m in models}) != 1:
+        raise NotFusable("models of different shapes")
+    net = FusedClassifier(models).to(images_u8.device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net.eval()
+    outs = []
+    for s in range(0, len(images_u8), batch_size):
+        with torch.autocast(images_u8.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(prepare(images_u8[s:s + batch_size]))
+        outs.append(torch.softmax(logits.float(), dim=-1))
+    if not outs:
+        return [torch.empty(0) for _ in models]
+    return list(torch.cat(outs, dim=1))
+
+
 class FusedStep:
     """One epoch of K members as one module and one optimiser; :meth:`split` writes the result back."""
 

@@ -371,6 +371,26 @@ def predict_probs(model: torch.nn.Module, images_u8: torch.Tensor, batch_size: i
     return torch.cat(outs) if outs else torch.empty(0)
 
 
+def predict_many(nets: Sequence[torch.nn.Module], images_u8: torch.Tensor, amp: bool = False,
+                 fuse: bool = True) -> List[torch.Tensor]:
+    """:func:`predict_probs` of each model; models of one architecture run as ONE fused module (support.fused)."""
+    out: List[Optional[torch.Tensor]] = [None] * len(nets)
+    groups: Dict[tuple, List[int]] = {}
+    for i, net in enumerate(nets):
+        groups.setdefault(fused.signature(net) if fuse else (i,), []).append(i)
+    for idx in groups.values():
+        probs = None
+        if len(idx) > 1:
+            try:
+                probs = fused.predict([nets[i] for i in idx], images_u8, prepare_batch, amp, CHANNELS_LAST)
+            except fused.NotFusable:
+                pass
+        probs = probs or [predict_probs(nets[i], images_u8, amp=amp) for i in idx]
+        for i, p in zip(idx, probs):
+            out[i] = p
+    return out
+
+
 @torch.no_grad()
 def embed_images(model: torch.nn.Module, images_u8: torch.Tensor, head: Optional[torch.nn.Module] = None,
                  amp: bool = False, batch_size: int = 256) -> torch.Tensor:
@@ -500,6 +520,7 @@ class _Member:
         self.bad_epochs = 0
         self.log: List[dict] = []
         self.active = True
+        self.finished = False  # predictions.npz and metrics.json written (support: _finish)
         self.error: Optional[str] = None
         self.loss_sum = torch.zeros((), device=device)
         self.seen = 0
@@ -780,6 +801,7 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
             if device.type == "cuda":  # let the queued steps finish: the epoch's true seconds
                 torch.cuda.synchronize(device)
             elapsed = (time.perf_counter() - t0) / max(len(todo), 1)
+            ok = []
             for m in todo:
                 if m.active:
                     m.train_seconds += elapsed
@@ -788,19 +810,20 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
                     except NonFiniteError as exc:  # this run diverged: stop it, the others go on
                         _fail(m, epoch, f"training loss became non-finite ({exc})")
                         continue
-                    _end_epoch(m, epoch, x_val, y_val, k, amp, elapsed)
+                    ok.append(m)
+            plain = [m for m in ok if m.config.mode != "two_stage"]  # two-stage: a kNN score of its own
+            val_probs = dict(zip(plain, predict_many([m.model for m in plain], x_val, amp, first.fuse)))
+            for m in ok:
+                _end_epoch(m, epoch, x_val, y_val, k, amp, elapsed, val_probs.get(m))
+            # a run that stopped early is published now, not when the last member of its group stops
+            _finish_all([m for m in ok if not m.active and not m.error], bundle, size, device, amp, force)
             shown = todo[0].log[-1] if todo[0].log else {}
             bar.set_postfix(loss=f"{shown.get('train_loss', float('nan')):.3f}",
                             val_mcc=f"{shown.get('val_mcc', float('nan')):.3f}",
                             active=sum(m.active for m in members))
         bar.close()
-        errors = []
-        for m in members:
-            if m.error:
-                errors.append(m.error)
-                continue
-            _finish(m, bundle, size, device, amp, force)
-    return errors
+        _finish_all([m for m in members if not m.error and not m.finished], bundle, size, device, amp, force)
+    return [m.error for m in members if m.error]
 
 
 def _fail(m: _Member, epoch: int, what: str) -> None:
@@ -813,12 +836,13 @@ def _fail(m: _Member, epoch: int, what: str) -> None:
     print(f"[train] {m.error}")
 
 
-def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds: float) -> None:
+def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds: float,
+               probs: Optional[torch.Tensor] = None) -> None:
     train_loss = float(m.loss_sum) / max(m.seen, 1)  # the one host sync of the epoch
     if not math.isfinite(train_loss):
         _fail(m, epoch, f"training loss became {train_loss}")
         return
-    probs = m.val_probs(x_val, amp)
+    probs = m.val_probs(x_val, amp) if probs is None else probs  # given: computed fused with the others
     scores = _val_scores(probs, y_val, k)
     with torch.no_grad():
         logits = torch.log(probs.clamp_min(1e-12))  # log-probabilities act as logits for the loss
@@ -844,11 +868,28 @@ def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds:
     artifacts.save_state(m.run_dir / "last.pt", m.state())
 
 
-def _finish(m: _Member, bundle, size: int, device, amp: bool, force: bool) -> None:
-    """Best weights -> predictions.npz and metrics.json (last), then publish the folder."""
+def _finish_all(ms: Sequence[_Member], bundle, size: int, device, amp: bool, force: bool) -> None:
+    """:func:`_finish` each member; the val/test images are resized once and the end-to-end members'
+    predictions computed together (fused where their architectures allow)."""
+    if not ms:
+        return
+    for m in ms:
+        m.model.load_state_dict(artifacts.load_state(m.run_dir / "best.pt", map_location=device))
+    images = {split: to_device_images(bundle.splits[split].images, size, device) for split in ("val", "test")}
+    plain = [m for m in ms if m.projection is None]
+    probs = {}
+    for split, x in images.items():
+        probs.update({(m, split): p for m, p in zip(plain, predict_many([m.model for m in plain], x, amp,
+                                                                          m.config.fuse))})
+    for m in ms:
+        _finish(m, bundle, size, device, amp, force, images, probs)
+
+
+def _finish(m: _Member, bundle, size: int, device, amp: bool, force: bool, images: dict, given: dict) -> None:
+    """Best weights (loaded) -> predictions.npz and metrics.json (last), then publish the folder."""
     from . import metrics as metrics_mod
 
-    m.model.load_state_dict(artifacts.load_state(m.run_dir / "best.pt", map_location=device))
+    m.finished = True
     extra = {}
     if m.projection is not None:
         m.projection.load_state_dict(artifacts.load_state(m.run_dir / "projection.pt", map_location=device))
@@ -861,17 +902,18 @@ def _finish(m: _Member, bundle, size: int, device, amp: bool, force: bool) -> No
         for split in ("val", "test"):
             s = bundle.splits[split]
             if len(s):
-                probs = knn_probs(ref_z, y_tr, m.embed(to_device_images(s.images, size, device), amp), len(bundle.classes))
+                probs = knn_probs(ref_z, y_tr, m.embed(images[split], amp), len(bundle.classes))
                 knn[f"{split}_accuracy"] = float((probs.argmax(1) == s.labels.numpy()).mean())
         extra["knn"] = knn
     arrays, report = {"classes": np.array(bundle.classes), "val_half": bundle.val_half()}, {}
     for split in ("val", "test"):
         s = bundle.splits[split]
-        probs = predict_probs(m.model, to_device_images(s.images, size, device), amp=amp).cpu().numpy()
-        arrays.update({f"{split}_probs": probs.astype(np.float32), f"{split}_labels": s.labels.numpy(),
+        p = given.get((m, split))  # two-stage runs: here, after the linear stage fitted above
+        probs_np = (p if p is not None else predict_probs(m.model, images[split], amp=amp)).cpu().numpy()
+        arrays.update({f"{split}_probs": probs_np.astype(np.float32), f"{split}_labels": s.labels.numpy(),
                        f"{split}_ids": np.array(s.ids, dtype=str)})
         if len(s):
-            report[split] = metrics_mod.classification_metrics(s.labels.numpy(), probs, bundle.classes)
+            report[split] = metrics_mod.classification_metrics(s.labels.numpy(), probs_np, bundle.classes)
     artifacts.write_npz(m.run_dir / "predictions.npz", **arrays)
     c = m.config
     epochs_run = len(m.log)
