@@ -5,13 +5,20 @@ different losses) in lockstep: each batch is prepared once and every member
 takes one optimiser step on it, so the members see the SAME batches in the SAME
 order (a paired design). ``train_one(config)`` is ``train_many([config])``;
 there is no second loop. Members whose data-order settings differ are trained
-in separate groups.
+in separate groups. Within a group, the members that can be (same architecture
+and optimiser settings, end-to-end losses) step as ONE fused module each epoch
+(:mod:`support.fused`: grouped convolutions, one loss per member, the sum
+back-propagated), and their validation and test predictions run fused too;
+per member stay the loss, the optimiser state, the schedule, early stopping,
+the checkpoint and the run folder, published as soon as that member stops.
 
 Data path: the split's uint8 images go to the device once, are resized there
 once to ``image_size`` (antialiased bilinear) and stay uint8; each batch is
 scaled to [0, 1] (the paper's ``rescale=1/255``, no mean/std normalisation)
-and, if ``augment``, randomly affine-warped on the device. On CUDA: bf16
-autocast, channels_last, fused optimisers, optional ``torch.compile`` (falls
+and, if ``augment``, randomly affine-warped on the device. bf16 autocast where
+the device computes bf16 natively (CUDA; a CPU with AVX-512 BF16 or AMX;
+:func:`native_bf16`), else fp32, recorded as ``precision`` in config.json;
+channels_last (CPU and CUDA). On CUDA: fused optimisers, optional ``torch.compile`` (falls
 back to eager when compilation fails), and no host synchronisation inside an
 epoch: the losses are summed on the device and so are the results of the loss
 functions' input checks (finite logits, label range; ``losses._checks.deferred``);
