@@ -186,6 +186,9 @@ def test_fused_forward_and_gradients_equal_the_separate_models():
             torch.testing.assert_close(part, t)  # the join: every tensor is the members' concatenation
             if t.grad is not None:  # float summation order differs between grouped and plain kernels
                 torch.testing.assert_close(fused_t.grad.chunk(3)[j], t.grad, atol=1e-6, rtol=1e-4)
+    images = torch.randint(0, 256, (10, 32, 32), dtype=torch.uint8)  # eval: the fused predictions
+    for p, m in zip(training.predict_many(members, images), members):
+        torch.testing.assert_close(p, training.predict_probs(m, images), atol=1e-6, rtol=1e-5)
     with pytest.raises(fused.NotFusable, match="BasicBlock"):  # residual blocks are stepped alone
         fused.FusedClassifier([models.build("resnet18", 2), models.build("resnet18", 2)])
 
