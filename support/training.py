@@ -364,10 +364,20 @@ def train_input_stats(images_u8: torch.Tensor, max_images: int = 2048) -> tuple:
     return float(x.mean()), float(x.std())
 
 
+def eval_batch(device: torch.device, models: int = 1) -> int:
+    """Evaluation batch size: large on a GPU; on the CPU small enough that a layer's activations stay in
+    cache (measured, small_cnn at 64², one thread: batch 32 ~10,000 img/s, batch 256 ~5,900; 12 fused
+    models: 16 per model ~10,000 model-images/s, 128 ~5,900)."""
+    if device.type == "cuda":
+        return max(256 // models, 16)
+    return 32 if models == 1 else 16
+
+
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, images_u8: torch.Tensor, batch_size: int = 256,
+def predict_probs(model: torch.nn.Module, images_u8: torch.Tensor, batch_size: Optional[int] = None,
                   amp: bool = False) -> torch.Tensor:
     """Softmax probabilities [N, K] (float32, on the images' device) for uint8 images [N,H,W]."""
+    batch_size = batch_size or eval_batch(images_u8.device)
     model.eval()
     outs = []
     for s in range(0, len(images_u8), batch_size):
@@ -389,7 +399,8 @@ def predict_many(nets: Sequence[torch.nn.Module], images_u8: torch.Tensor, amp: 
         probs = None
         if len(idx) > 1:
             try:
-                probs = fused.predict([nets[i] for i in idx], images_u8, prepare_batch, amp, CHANNELS_LAST)
+                probs = fused.predict([nets[i] for i in idx], images_u8, prepare_batch, amp, CHANNELS_LAST,
+                                      eval_batch(images_u8.device, len(idx)))
             except fused.NotFusable:
                 pass
         probs = probs or [predict_probs(nets[i], images_u8, amp=amp) for i in idx]
@@ -400,11 +411,12 @@ def predict_many(nets: Sequence[torch.nn.Module], images_u8: torch.Tensor, amp: 
 
 @torch.no_grad()
 def embed_images(model: torch.nn.Module, images_u8: torch.Tensor, head: Optional[torch.nn.Module] = None,
-                 amp: bool = False, batch_size: int = 256) -> torch.Tensor:
+                 amp: bool = False, batch_size: Optional[int] = None) -> torch.Tensor:
     """``head(model.features(x))`` (float32, on the images' device) of uint8 images [N,H,W], eval mode.
 
     ``head=None`` gives the pooled features h; pass a projection head for z.
     """
+    batch_size = batch_size or eval_batch(images_u8.device)
     model.eval()
     if head is not None:
         head.eval()
