@@ -35,7 +35,8 @@ def test_two_stage_training_beats_chance_and_writes_a_plain_classifier(isolated_
     # best.pt is a plain classifier: rebuilt from the run folder it reproduces the stored predictions
     net = st.load_model(d)
     test = nd.build(**{k: v for k, v in TINY.items() if k != "name"}).splits["test"]
-    probs = training.predict_probs(net, test.images).numpy()
+    bf16 = run.config["precision"] == "bf16"  # stored predictions were computed in the run's precision
+    probs = training.predict_probs(net, test.images, amp=bf16).numpy()
     np.testing.assert_allclose(probs, run.probs("test"), atol=1e-5)
 
 
