@@ -118,7 +118,7 @@ def bars_frame(table: pd.DataFrame, metric: str = "mcc") -> pd.DataFrame:
     """The columns :func:`support.report_plots.metric_bars` reads, from a :func:`loss_table`."""
     out = pd.DataFrame({"loss": table["loss"], "value": table[f"{metric}_mean"]})
     if f"{metric}_lo" in table:
-        out["ci_lo"], out["ci_hi"] = table[f"{metric}_lo"], table[f"{metric}_hi"]
+        out["seeds_images_lo"], out["seeds_images_hi"] = table[f"{metric}_lo"], table[f"{metric}_hi"]
     return out
 
 
@@ -185,6 +185,34 @@ def display_tests(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         "p": table["p_value"].map("{:.2g}".format), "p (Holm)": table["p_holm"].map("{:.2g}".format),
         "p floor (Holm)": table["p_floor_holm"].map("{:.0g}".format), "MDE (80 %)": table["mde"].map(f),
         "seeds": table["n_seeds"], "verdict": verdict})
+
+
+def findings(tests: pd.DataFrame, digits: int = 3) -> str:
+    """What a test table shows, in Markdown sentences derived from its numbers (nothing hard-coded)."""
+    f = f"{{:.{digits}f}}".format
+    metric = tests.attrs.get("metric", "mcc")
+    n, seeds = tests.attrs.get("n_images", "?"), int(tests["n_seeds"].iloc[0])
+    m, alpha = len(tests), tests.attrs.get("alpha", 0.05)
+    real = tests[~tests["identical"]]
+    sig = real[real["significant"]]
+    out = [f"{m} {tests['family'].iloc[0]} tests on {n} test images and {seeds} seed(s) per loss, Holm over the "
+           f"{m} at α = {alpha}: **{len(sig)} find{'s' if len(sig) == 1 else ''} a difference**."]
+    for r in sig.sort_values("delta", ascending=False).itertuples(index=False):
+        out.append(f"- {r.model_a} − {r.model_b}: Δ{metric} {f(r.delta)} [{f(r.delta_lo)}, {f(r.delta_hi)}], "
+                   f"Holm p = {r.p_holm:.2g}.")
+    rest = real[~real["significant"]]
+    if len(rest):
+        out.append(f"The other {len(rest)} show no difference: their Δ{metric} lie between {f(rest['delta'].min())} "
+                   f"and {f(rest['delta'].max())}, and each could have detected |Δ{metric}| ≥ "
+                   f"{f(rest['mde'].min())}–{f(rest['mde'].max())} (its MDE at 80 % power); a true effect smaller "
+                   "than that can hide in these intervals.")
+    alias = tests[tests["identical"]]
+    if len(alias):
+        out.append("Identical predictions on every seed (the same model under two names): "
+                   + ", ".join(f"{a} = {b}" for a, b in zip(alias["model_a"], alias["model_b"])) + ".")
+    if tests.attrs.get("note"):
+        out.append(f"Note: {tests.attrs['note']}.")
+    return "\n".join(out)
 
 
 def first_seed_predictions(runs: Sequence[Run]) -> Dict[str, Run]:

@@ -17,7 +17,7 @@ from . import metrics as metrics_mod
 from .plots import titled
 
 _LABEL_COLS = ("model", "loss", "ensemble", "name", "arch")
-_CI_COLS = (("boot_lo", "boot_hi"), ("ci_lo", "ci_hi"), ("wald_lo", "wald_hi"))
+_CI_COLS = (("seeds_images_lo", "seeds_images_hi"), ("boot_lo", "boot_hi"), ("ci_lo", "ci_hi"), ("wald_lo", "wald_hi"))
 
 
 def _plt():
@@ -80,7 +80,8 @@ def metric_bars(table: pd.DataFrame, metric: str, source: str, label_col: Option
     for i, x in enumerate(v):
         ax.annotate(f"{x:.3f}", (x, i), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
     ax.set_yticks(np.arange(len(v)), df["_label"])
-    kind = {"boot": "bootstrap interval", "ci": "t-interval over seeds", "wald": "Wald interval (paper's)"}
+    kind = {"seeds_images": "95 % interval over seeds × test images", "boot": "bootstrap interval",
+            "ci": "t-interval over seeds", "wald": "Wald interval (paper's)"}
     ax.set_xlabel(metric + (f"   (bars: {kind.get(lo_col[:-3], lo_col + ' to ' + hi_col)})" if lo_col else ""))
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(titled(f"{metric} per model, best on top{'' if better_high else ' (lower is better)'}", source))
@@ -184,13 +185,16 @@ def training_curves(logs: Dict[str, pd.DataFrame], source: str, metrics: Optiona
     return fig
 
 
-def pvalue_matrix(pairwise_df: pd.DataFrame, source: str, p_col: str = "p_bootstrap_holm"):
+def pvalue_matrix(pairwise_df: pd.DataFrame, source: str, p_col: Optional[str] = None):
     """Heatmap of Holm-adjusted p per pair (dark = small); cells show Δ(row − column) and p.
 
-    ``pairwise_df`` is :func:`support.stats.pairwise_comparisons`' table; ``*`` marks p < alpha.
+    ``pairwise_df`` is :func:`support.compare.pairwise_table`'s (column ``p_holm``, the default) or
+    :func:`support.stats.pairwise_comparisons`' (``p_bootstrap_holm``); ``*`` marks p < alpha.
     """
     import seaborn as sns
 
+    if p_col is None:
+        p_col = "p_holm" if "p_holm" in pairwise_df.columns else "p_bootstrap_holm"
     if p_col not in pairwise_df.columns:
         raise ValueError(f"pairwise_df has no column {p_col!r}; columns: {list(pairwise_df.columns)}")
     metric = pairwise_df.attrs.get("metric", "metric")
@@ -211,5 +215,35 @@ def pvalue_matrix(pairwise_df: pd.DataFrame, source: str, p_col: str = "p_bootst
                 cbar_kws={"label": f"{p_col} (Holm-adjusted)" if "holm" in p_col else p_col})
     ax.set(xlabel="column model", ylabel="row model")
     ax.set_title(titled(f"Pairwise Δ{metric} (row − column) and p; * = p < {alpha}", source))
+    fig.tight_layout()
+    return fig
+
+
+def delta_forest(tests: pd.DataFrame, source: str, title: str = ""):
+    """Paired differences A − B with their intervals, one row per test, and the MDE as a shaded band.
+
+    ``tests`` is a :func:`support.compare.comparison_table`. Filled markers: Holm-significant;
+    open: not; a grey band of ±MDE around 0 shows the smallest difference each test could detect
+    with 80 % power (the widest MDE of the table).
+    """
+    plt = _plt()
+    metric = tests.attrs.get("metric", tests["metric"].iloc[0] if "metric" in tests else "metric")
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(tests) + 1.8))
+    y = np.arange(len(tests))[::-1]
+    mde = float(np.nanmax(tests["mde"]))
+    ax.axvspan(-mde, mde, color="0.9", zorder=0, label=f"±MDE (80 % power) = ±{mde:.3f}")
+    ax.axvline(0, color="0.3", lw=0.8)
+    for yi, r in zip(y, tests.itertuples(index=False)):
+        face = "C3" if r.significant else "white"
+        ax.plot([r.delta_lo, r.delta_hi], [yi, yi], color="0.3", lw=1.4)
+        ax.plot(r.delta, yi, "o", mec="C3" if r.significant else "0.3", mfc=face, ms=6)
+    ax.set_yticks(y, [f"{a} − {b}" for a, b in zip(tests["model_a"], tests["model_b"])])
+    ax.set_xlabel(f"Δ{metric} (A − B), 95 % interval over seeds × test images; filled = Holm p < "
+                  f"{tests.attrs.get('alpha', 0.05)}")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    seeds = int(tests["n_seeds"].iloc[0])
+    ax.set_title(titled(title or f"Paired Δ{metric}, {tests.attrs.get('family', '')} tests "
+                        f"({seeds} seeds, {tests.attrs.get('n_images', '?')} test images)", source))
     fig.tight_layout()
     return fig

@@ -28,7 +28,7 @@ Quick use::
 from . import simple, weighted, stacking  # noqa: F401  (register the prediction-level methods, in this order)
 from . import model_level  # noqa: F401  (registers the "model_level" architecture)
 from .base import ENSEMBLES, LEAK_SUFFIX, TIE_RULES, Ensemble, EnsembleError, fit, names
-from .evaluate import (BEST_SINGLE, TABLE_METRICS, EnsembleResult, build_ensembles, group_by_seed, leak_figure,
+from .evaluate import (BEST_SINGLE, TABLE_METRICS, EnsembleResult, build_ensembles, deep_ensemble, group_by_seed, leak_figure,
                        leak_table, metrics_table, paired_tests, weights_table, wide_table)
 from .members import check_members, fit_runs, leak_label, predict_runs, rank_runs, select_top_k
 from .weighted import mixture_weights
@@ -38,5 +38,5 @@ __all__ = [
     "ENSEMBLES", "LEAK_SUFFIX", "TIE_RULES", "BEST_SINGLE", "TABLE_METRICS", "Ensemble", "EnsembleError",
     "EnsembleResult", "fit", "names", "mixture_weights", "check_members", "select_top_k", "rank_runs", "fit_runs",
     "predict_runs", "leak_label", "model_level_config", "train_model_level", "is_model_level", "build_ensembles",
-    "group_by_seed", "metrics_table", "wide_table", "paired_tests", "weights_table", "leak_table", "leak_figure",
+    "group_by_seed", "deep_ensemble", "metrics_table", "wide_table", "paired_tests", "weights_table", "leak_table", "leak_figure",
 ]
