@@ -220,30 +220,31 @@ def pvalue_matrix(pairwise_df: pd.DataFrame, source: str, p_col: Optional[str] =
 
 
 def delta_forest(tests: pd.DataFrame, source: str, title: str = ""):
-    """Paired differences A − B with their intervals, one row per test, and the MDE as a shaded band.
+    """Paired differences A − B with their intervals, one row per test, each over a grey band of ±its MDE.
 
-    ``tests`` is a :func:`support.compare.comparison_table`. Filled markers: Holm-significant;
-    open: not; a grey band of ±MDE around 0 shows the smallest difference each test could detect
-    with 80 % power (the widest MDE of the table).
+    ``tests`` is a :func:`support.compare.comparison_table`. Red filled markers: Holm-significant;
+    open: not. The band is the smallest |difference| that row's test detects with 80 % power: an
+    interval inside its band means "no effect of that size", not "no effect".
     """
     plt = _plt()
     metric = tests.attrs.get("metric", tests["metric"].iloc[0] if "metric" in tests else "metric")
-    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(tests) + 1.8))
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(tests) + 2.0))
     y = np.arange(len(tests))[::-1]
-    mde = float(np.nanmax(tests["mde"]))
-    ax.axvspan(-mde, mde, color="0.9", zorder=0, label=f"±MDE (80 % power) = ±{mde:.3f}")
+    ax.barh(y, 2 * tests["mde"].to_numpy(float), left=-tests["mde"].to_numpy(float), height=0.6, color="0.88",
+            zorder=0, label="±MDE of the test (80 % power)")
     ax.axvline(0, color="0.3", lw=0.8)
     for yi, r in zip(y, tests.itertuples(index=False)):
-        face = "C3" if r.significant else "white"
-        ax.plot([r.delta_lo, r.delta_hi], [yi, yi], color="0.3", lw=1.4)
-        ax.plot(r.delta, yi, "o", mec="C3" if r.significant else "0.3", mfc=face, ms=6)
+        ax.plot([r.delta_lo, r.delta_hi], [yi, yi], color="0.25", lw=1.4)
+        ax.plot(r.delta, yi, "o", mec="C3" if r.significant else "0.25", mfc="C3" if r.significant else "white", ms=6)
+    ax.plot([], [], "o", mec="C3", mfc="C3", label=f"Holm p < {tests.attrs.get('alpha', 0.05)}")
+    ax.plot([], [], "o", mec="0.25", mfc="white", label="not significant")
     ax.set_yticks(y, [f"{a} − {b}" for a, b in zip(tests["model_a"], tests["model_b"])])
-    ax.set_xlabel(f"Δ{metric} (A − B), 95 % interval over seeds × test images; filled = Holm p < "
-                  f"{tests.attrs.get('alpha', 0.05)}")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel(f"Δ{metric} (A − B) with 95 % interval over seeds × test images")
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     seeds = int(tests["n_seeds"].iloc[0])
-    ax.set_title(titled(title or f"Paired Δ{metric}, {tests.attrs.get('family', '')} tests "
-                        f"({seeds} seeds, {tests.attrs.get('n_images', '?')} test images)", source))
-    fig.tight_layout()
+    head = title or (f"Paired Δ{metric}, {tests.attrs.get('family', '')} tests, Holm over {len(tests)} "
+                     f"({seeds} seeds, {tests.attrs.get('n_images', '?')} test images)")
+    ax.set_title(titled(head, "\n" + source if source else ""), fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig

@@ -80,6 +80,7 @@ def _from_run(name, kind, run: Run, seed, fit_on, members, detail) -> EnsembleRe
 
 def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Optional[Sequence[str]] = None,
                     metric: str = "mcc", fit_on: str = "val", model_level: bool = True, final_blend: bool = True,
+                    model_level_seeds: Optional[int] = None,
                     clip_k: bool = False, method_params: Optional[Dict[str, dict]] = None,
                     train_overrides: Optional[dict] = None, force: bool = False, progress: bool = False,
                     data=None) -> List[EnsembleResult]:
@@ -89,7 +90,9 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
     ``method_params``: e.g. ``{"vote": {"tie": "highest_index"}}``;
     ``clip_k``: use ``min(K, runs of the seed)`` with a printed note instead of
     failing (K values that collapse onto one are done once);
-    ``train_overrides``: TrainConfig fields of the model-level runs.
+    ``train_overrides``: TrainConfig fields of the model-level runs;
+    ``model_level_seeds``: build the model-level ensembles (and the final blend) for the lowest this many
+    seeds only (each is a trained run; ``None`` = every seed).
     """
     if not runs:
         raise EnsembleError("no finished runs to ensemble; train the members first (notebook 04 / ./run_all.sh) "
@@ -99,8 +102,9 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
         ENSEMBLES.get(m)
     method_params, train_overrides = method_params or {}, train_overrides or {}
     results: List[EnsembleResult] = []
-    for seed, rs in group_by_seed(runs).items():
+    for i, (seed, rs) in enumerate(group_by_seed(runs).items()):
         rs = check_members(rs)
+        level_here = model_level and (model_level_seeds is None or i < model_level_seeds)
         best = select_top_k(rs, 1, metric, split=fit_on)[0]
         results.append(_from_run(leak_label(BEST_SINGLE, fit_on), "single", best, seed, fit_on, [best.label],
                                  f"{best.label} ({best.key}), best {fit_on} {metric}"))
@@ -122,7 +126,7 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
                     predict_runs(ens, top, "test"), top[0].labels("test"), [str(c) for c in top[0].predictions["classes"]],
                     val_probs=predict_runs(ens, top, "val_fit"),
                     weights=None if ens.weights is None else [float(w) for w in ens.weights], detail=ens.describe()))
-            if model_level:
+            if level_here:
                 run = train_model_level(top, force=force, progress=progress, data=data, **train_overrides)
                 level_runs[kk] = run
                 results.append(_from_run(leak_label(f"model-level top-{kk}", fit_on), "model_level", run, seed,
@@ -138,7 +142,7 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
                 [str(c) for c in r1.predictions["classes"]],
                 val_probs=ens.predict_proba([r1.probs("val_fit"), r2.probs("val_fit")]),
                 weights=[float(w) for w in ens.weights], detail=ens.describe()))
-        elif final_blend and model_level:
+        elif final_blend and level_here:
             print(f"[ensembles] seed {seed}: the final blend needs two different model-level ensembles; skipped")
     return results
 
@@ -221,34 +225,42 @@ def paired_tests(results: Sequence[EnsembleResult], reference: str = BEST_SINGLE
     """Each ensemble vs ``reference`` (the best single model, or a control such as :func:`deep_ensemble`):
     paired per-seed Δ``metric`` on the shared test images, seed × image interval, Holm over the ensembles.
 
-    A reference with one result (the deep-ensemble control: seed -1) is set beside every seed of each
-    ensemble; its own seed noise is then not in the interval (only the ensembles' is), which the
-    table's ``attrs["note"]`` says. Columns: :func:`support.inference.paired_tests`.
+    Each ensemble is paired on the seeds it was built for (``n_seeds`` says how many: the quick profile
+    builds model-level ensembles for fewer seeds). A reference with one result (the deep-ensemble
+    control: seed -1) is set beside every seed; its own seed noise is then not in the interval (only
+    the ensembles' is), which ``attrs["note"]`` says. Columns: :func:`support.inference.paired_tests`.
     """
     by_name = _by_name(results)
     if reference not in by_name:
         raise ValueError(f"reference {reference!r} is not among the results ({list(by_name)})")
-    ref = by_name[reference]
-    others = {n: g for n, g in by_name.items() if n != reference and g[0].kind != "control"}
-    seeds = sorted({r.seed for g in others.values() for r in g})
-    if not others or not seeds:
+    ref = {r.seed: r for r in by_name[reference]}
+    fixed = list(ref) == [-1]
+    others = {n: sorted(g, key=lambda r: r.seed) for n, g in by_name.items() if n != reference and g[0].kind != "control"}
+    if not others:
         raise ValueError("no ensemble to compare with the reference")
-    fixed = len(ref) == 1 and ref[0].seed == -1
-    probs, dropped = {}, []
-    for name, g in others.items():
-        if sorted(r.seed for r in g) != seeds:
-            dropped.append(name)
+    y = next(iter(ref.values())).test_labels
+    idx = stats.resample_indices(y, n_boot, True, seed)  # one set of resamples for every test
+    rows = []
+    for name, group in others.items():
+        group = [r for r in group if fixed or r.seed in ref]
+        if not group:
             continue
-        probs[name] = _stack(sorted(g, key=lambda r: r.seed))
-    probs[reference] = (np.broadcast_to(_stack(ref), (len(seeds),) + ref[0].test_probs.shape) if fixed
-                        else _stack(sorted([r for r in ref if r.seed in seeds], key=lambda r: r.seed)))
-    y = ref[0].test_labels
-    table = inference.paired_tests(y, probs, [(n, reference) for n in probs if n != reference], metric,
-                                   n_boot=n_boot, seed=seed, alpha=alpha)
+        theirs = np.stack([(ref[-1] if fixed else ref[r.seed]).test_probs for r in group])
+        row = inference.paired_tests(y, {name: _stack(group), reference: theirs}, [(name, reference)], metric,
+                                     n_boot=n_boot, alpha=alpha, idx=idx)
+        rows.append(row)
+    table = pd.concat(rows, ignore_index=True)
+    m = len(table)
+    table["p_holm"] = stats.holm(table["p_value"].to_numpy()) if m > 1 else table["p_value"]
+    table["significant"] = table["p_holm"] < alpha
+    table["mde"] = inference.minimum_detectable_effect(table["se"], table["df"], alpha / m)  # at the family's α/m
     table.insert(0, "family", f"vs {reference}")
-    notes = ([f"{reference} is one model set beside every seed: its own seed noise is not in the intervals"]
-             if fixed else []) + ([f"left out (not built for every seed): {', '.join(dropped)}"] if dropped else [])
-    table.attrs.update(note="; ".join(notes), family=f"vs {reference}", seeds=seeds)
+    notes = [f"{reference} is one model set beside every seed: its own seed noise is not in the intervals"] if fixed else []
+    fewer = sorted({int(n) for n in table["n_seeds"]})
+    if len(fewer) > 1:
+        notes.append(f"ensembles were built for different numbers of seeds ({fewer}); each is paired on its own seeds")
+    table.attrs.update(note="; ".join(notes), family=f"vs {reference}", metric=metric, alpha=alpha,
+                       n_images=len(y), n_tests=m)
     return table
 
 

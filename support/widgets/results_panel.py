@@ -7,7 +7,7 @@
 
 Controls: the experiment (runs sharing data source and training settings
 other than loss and seed), losses, seeds, metric and split. Views: metric per
-loss with 95 % bootstrap CIs of the seed mean (:func:`support.compare.loss_table`),
+loss with 95 % intervals over seeds × test images (:func:`support.compare.loss_table`),
 confusion matrices, reliability diagrams and training curves of each loss's
 lowest selected seed (:mod:`support.report_plots`), the table (exportable to
 CSV), and Grad-CAMs of one chosen test image across losses
@@ -280,7 +280,8 @@ class ResultsPanel:
             self._cam_default_set = True
         self._say(f"{len(chosen)} finished runs, {len(self.table)} losses, seeds "
                   f"{', '.join(map(str, self.seeds.value))}; <b>{metric}</b> on the <b>{split}</b> split "
-                  f"({n} images); CIs: 95 % stratified bootstrap of the seed mean ({self.n_boot} resamples). "
+                  f"({n} images); CIs: 95 % over seeds × test images (stratified bootstrap, {self.n_boot} resamples, "
+                  "+ seed variance). "
                   f"Data: {html.escape(self.source)}")
         self._draw_visible()
 
