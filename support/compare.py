@@ -167,7 +167,9 @@ def confirmatory_table(runs: Sequence[Run], family: dict, n_boot: int = 1000, se
 
 def pairwise_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0, metric: str = "mcc") -> pd.DataFrame:
     """Every pair of losses (exploratory): paired seed x image tests, Holm over all pairs."""
-    labels = list(group_by_loss(runs))
+    groups = group_by_loss(runs)
+    mean = {label: np.mean([r.metrics["test"][metric] for r in rs]) for label, rs in groups.items()}
+    labels = sorted(groups, key=lambda label: -mean[label])  # best first: the matrix reads top-down
     return comparison_table(runs, list(itertools.combinations(labels, 2)), metric, n_boot, seed,
                             family="exploratory")
 

@@ -214,7 +214,9 @@ def pvalue_matrix(pairwise_df: pd.DataFrame, source: str, p_col: Optional[str] =
                 xticklabels=names, yticklabels=names, ax=ax, annot_kws={"fontsize": 8},
                 cbar_kws={"label": f"{p_col} (Holm-adjusted)" if "holm" in p_col else p_col})
     ax.set(xlabel="column model", ylabel="row model")
-    ax.set_title(titled(f"Pairwise Δ{metric} (row − column) and p; * = p < {alpha}", source))
+    family = pairwise_df.attrs.get("family", "")
+    ax.set_title(titled(f"Pairwise Δ{metric} (row − column) and Holm p{f', {family} tests' if family else ''}; "
+                        f"* = p < {alpha}", "\n" + source if source else ""))
     fig.tight_layout()
     return fig
 

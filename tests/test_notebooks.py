@@ -63,6 +63,17 @@ def test_compare_table_lists_every_smoke_loss(smoke_pipeline):
     table = (root / "runs" / "report" / "05_losses_smoke.csv").read_text()
     for loss in profiles.get("smoke")["losses"]:
         assert loss in table
+    import pandas as pd
+
+    report = root / "runs" / "report"
+    confirm = pd.read_csv(report / "05_confirmatory_smoke.csv")  # the profile's family, with floor and MDE
+    family = profiles.get("smoke")["confirmatory"]["pairs"]
+    assert [tuple(p) for p in confirm[["model_a", "model_b"]].to_numpy()] == [tuple(p) for p in family]
+    assert (confirm["p_floor_holm"] <= 0.05 / len(confirm)).all() and confirm["mde"].notna().all()
+    cal = pd.read_csv(report / "05_calibration_smoke.csv")  # six measures, raw and after temperature scaling
+    assert set(cal["measure"]) == {"ece", "adaptive_ece", "classwise_ece", "mce", "log_loss", "brier"}
+    assert set(cal["scaling"]) == {"none", "temperature"}
+    assert (root / "figures" / "05_confirmatory_smoke.png").exists()
 
 
 def test_nodule_study_table_and_figures(smoke_pipeline):
