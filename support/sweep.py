@@ -54,6 +54,9 @@ from tqdm.auto import tqdm
 
 from . import paths, profiles, training
 from .training import TrainConfig
+from . import logs
+
+log = logs.get("sweep")
 
 #: Registry of backends (one source of truth for the CLI choices and error messages).
 BACKENDS = ("local", "ray")
@@ -233,7 +236,7 @@ def run(grid: Union[dict, str, os.PathLike, Sequence[TrainConfig]], backend: str
     todo, done = (list({c.key(): c for c in configs}.values()), []) if force else split_finished(configs, root)
     start = time.perf_counter()
     if progress:
-        print(f"[sweep] {len(configs)} configs: {len(done)} already finished, {len(todo)} to train "
+        log.info(f"{len(configs)} configs: {len(done)} already finished, {len(todo)} to train "
               f"on {backend} -> {root}")
     if todo:
         if backend == "local":
@@ -388,7 +391,7 @@ def main(argv=None) -> int:
     result = run(configs, args.backend, runs_dir=args.runs_dir, force=args.force, workers=args.workers,
                  gpus=gpus, address=args.address, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
                  max_retries=args.max_retries, shared_fs=not args.no_shared_fs)
-    print(f"[sweep] {result!r}")
+    log.info(repr(result))
     return 0
 
 
