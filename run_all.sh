@@ -59,8 +59,15 @@ bootstrap() {
   have=$(cat .venv/.lossbench-installed 2>/dev/null || true)
   if [ "$want" != "$have" ]; then
     echo "[bootstrap] installing lossbench-cxr and its dependencies into .venv (first time: a few minutes)"
-    .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install --quiet -e ".[test,cluster]"
+    # pip's own output (index and build warnings) goes to a log; it is shown in full only when pip fails.
+    log=.venv/pip-install.log
+    .venv/bin/python -m pip install --upgrade pip >"$log" 2>&1 || true
+    if ! .venv/bin/python -m pip install -e ".[test,cluster]" >>"$log" 2>&1; then
+      cat "$log" >&2
+      echo "[bootstrap] pip install failed (full log above, also in $log)" >&2
+      exit 1
+    fi
+    echo "[bootstrap] installed ($log)"
     echo "$want" > .venv/.lossbench-installed
   fi
 }
