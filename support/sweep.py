@@ -338,7 +338,9 @@ def unpack_run(data: bytes, run_dir: Path) -> Path:
         if bad:
             shutil.rmtree(staging)
             raise ValueError(f"packed run for {run_dir.name} holds unexpected entries {bad}; refusing to unpack")
-        tar.extractall(staging)
+        # filter="data" (Python >= 3.12, 3.11.4, 3.10.12): no links, devices or paths outside staging
+        # on top of the check above; the default of 3.14. Older Pythons rely on that check alone.
+        tar.extractall(staging, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     if not (staging / "metrics.json").exists():
         shutil.rmtree(staging)
         raise training.TrainingError(f"packed run for {run_dir.name} has no metrics.json (unfinished); not written")
