@@ -163,7 +163,7 @@ def check_panels(server: Server, notebook: str, out_dir: Path, chromium: str, ad
             seen["bars_before"] = _image_ready(page, ".lossbench-view-bars", ms)
             seen["losses"] = page.eval_on_selector_all(".lossbench-losses option", "os => os.map(o => o.value)")
             seen["metrics"] = page.eval_on_selector_all(".lossbench-metric option", "os => os.map(o => o.value)")
-            explorer = page.locator(".jp-Cell").filter(has_text="LossExplorer().widget").locator(".jp-OutputArea")
+            explorer = page.locator(".jp-Cell").filter(has_text="LossExplorer()").locator(".jp-OutputArea")
             page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea img')]"
                                    ".some(i => i.naturalWidth > 0 && !i.classList.contains('lossbench-view-bars'))")
             shot(explorer, "loss_explorer")
