@@ -30,7 +30,8 @@ Usage: ./run_all.sh [--test] [options]
   -h, --help           this text
 
 Environment: PYTHON (interpreter used to create .venv, default python3),
-LOSSBENCH_RUNS_DIR, LOSSBENCH_DATA_DIR, LOSSBENCH_FIGURES_DIR (move the output folders).
+LOSSBENCH_RUNS_DIR, LOSSBENCH_DATA_DIR, LOSSBENCH_FIGURES_DIR (move the output folders),
+LOSSBENCH_ROOT (the project folder holding all three; default: this checkout).
 USAGE
 }
 

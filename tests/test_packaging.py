@@ -80,3 +80,32 @@ def test_no_import_side_effects(tmp_path, monkeypatch):
     code = "import support, support.data, support.losses, support.models, support.training, support.runs"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**__import__("os").environ})
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_output_folders_of_a_non_editable_install_follow_the_working_directory(tmp_path):
+    """`pip install .` copies `support` into site-packages: runs/ data/ figures/ must then belong to the
+    project the user works in (nearest pyproject.toml at or above the cwd), never to site-packages."""
+    import shutil
+
+    site = tmp_path / "site-packages"
+    shutil.copytree(ROOT / "support", site / "support", ignore=shutil.ignore_patterns("__pycache__"))
+    project = tmp_path / "my_study"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'my-study'\n")
+    code = ("from support import paths; print(paths.runs_dir(), paths.data_dir(), paths.figures_dir(), "
+            "paths.PROJECT_ROOT, sep='\\n')")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}
+
+    def folders(cwd, **extra):
+        out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**env, **extra}, capture_output=True,
+                             text=True, timeout=60, check=True)
+        return out.stdout.split()
+
+    runs, data, figures, root = folders(project / "notebooks")
+    assert [runs, data, figures, root] == [str(project / "runs"), str(project / "data"), str(project / "figures"),
+                                           str(project)]
+    assert not any(p.startswith(str(site)) for p in (runs, data, figures, root))
+    assert folders(project, LOSSBENCH_RUNS_DIR=str(tmp_path / "elsewhere"))[0] == str(tmp_path / "elsewhere")
+    assert folders(project, LOSSBENCH_ROOT=str(tmp_path / "r"))[0] == str(tmp_path / "r" / "runs")
+    # ... while a checkout (this repository, on PYTHONPATH) keeps its own folders wherever the cwd is
+    assert folders(tmp_path, PYTHONPATH=str(ROOT))[0] == str(ROOT / "runs")
