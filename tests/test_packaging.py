@@ -109,3 +109,16 @@ def test_output_folders_of_a_non_editable_install_follow_the_working_directory(t
     assert folders(project, LOSSBENCH_ROOT=str(tmp_path / "r"))[0] == str(tmp_path / "r" / "runs")
     # ... while a checkout (this repository, on PYTHONPATH) keeps its own folders wherever the cwd is
     assert folders(tmp_path, PYTHONPATH=str(ROOT))[0] == str(ROOT / "runs")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_papermill_parses_every_parameters_line(path, caplog):
+    """papermill reads the parameters cell before every run; a line it cannot parse (e.g. an '=' inside
+    the comment) prints 'Unable to parse line ...' on the pipeline's console."""
+    from papermill.inspection import _infer_parameters
+    from papermill.iorw import load_notebook_node
+
+    with caplog.at_level("WARNING", logger="papermill"):
+        params = _infer_parameters(load_notebook_node(str(path)))
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("papermill")]
+    assert "profile" in {p.name for p in params}
