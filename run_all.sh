@@ -25,6 +25,8 @@ Usage: ./run_all.sh [--test] [options]
                        on >= 2 cores, else 1); a notebook waits for those it reads from
   --wait               queue behind another running ./run_all.sh instead of exiting
   --dry-run            print the notebook plan and exit
+  --timeout SECONDS    a notebook cell running longer fails its notebook (default: the profile's
+                       execution_timeout: smoke 600, quick 1800, full 21600; 0 = no limit)
   --ray ADDRESS        train notebook 04's runs on a Ray cluster first (e.g. auto, or
                        head-node:6379); the notebooks then read the finished run folders
   -h, --help           this text

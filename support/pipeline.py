@@ -16,11 +16,21 @@ notebook starts.
 A lock file (``runs/.run_all.lock``) stops two pipelines from writing the same
 runs folder at once: the second exits at once with a message (or waits, with
 ``--wait``).
+
+The console shows one line per notebook (status, seconds). Each kernel's own
+output (its log lines, warnings, tracebacks) and the output of the training
+done before a per-loss notebook go to ``runs/notebooks/logs/<notebook>.log``,
+which the summary names. A cell that runs longer than the profile's
+``execution_timeout`` (``--timeout``) fails its notebook. The kernels get
+their environment (``PYTHONPATH``, thread counts) passed explicitly: this
+process's own environment is never changed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
+import json
 import os
 import sys
 import time
@@ -45,6 +55,7 @@ class Job:
     parameters: dict = field(default_factory=dict)
     error: Optional[str] = None
     seconds: float = 0.0
+    log: Optional[Path] = None  # the kernel's stdout/stderr and the pre-training output
 
 
 def notebooks(only: Optional[List[str]] = None) -> List[Path]:
@@ -87,6 +98,71 @@ def dependencies(jobs: List[Job]) -> List[set]:
     return out
 
 
+def kernel_env(threads: Optional[int] = None, wait_for_runs: bool = False) -> dict:
+    """The environment of a notebook's kernel: a copy of this process's, plus what the kernels need.
+
+    ``PYTHONPATH`` starts with this checkout (kernels import ``support`` even when it is not installed);
+    ``threads`` sets OMP/MKL_NUM_THREADS unless the user set them; ``wait_for_runs`` makes a kernel that
+    asks for a run another one is training wait for it (:data:`support.training.WAIT_ENV`).
+    """
+    from .training import WAIT_ENV
+
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH", "")
+    if str(paths.PROJECT_ROOT) not in path.split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.PROJECT_ROOT), path) if p)
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(threads))  # torch reads OMP_NUM_THREADS at start-up
+    if wait_for_runs:
+        env[WAIT_ENV] = "1"
+    return env
+
+
+def _kernel_manager_class(env: dict, log, cwd: Path):
+    """A jupyter_client kernel manager that starts its kernel with ``env``, in ``cwd``, output to ``log``.
+
+    papermill passes it to nbclient (``kernel_manager_class``), which still owns the kernel's life cycle:
+    start, interrupt on timeout, shutdown.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            kw.update(env=env, stdout=log, stderr=log)
+            kw.setdefault("cwd", str(cwd))
+            return await super().start_kernel(**kw)
+
+    return KernelManager
+
+
+def describe_failure(exc: BaseException, output: Path, timeout: Optional[float]) -> str:
+    """One line: which cell failed and how, from papermill's / nbclient's exception fields."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        lines = str(exc.evalue or "").strip().splitlines()
+        return f"cell {exc.cell_index} (In [{exc.exec_count}]): {exc.ename}: {lines[0][:300] if lines else ''}"
+    if isinstance(exc, CellTimeoutError):
+        return (f"cell {_last_started_cell(output)}: timed out after {timeout:g} s (the profile's "
+                "execution_timeout; raise it with --timeout)")
+    if isinstance(exc, DeadKernelError):
+        return f"the kernel died ({exc}); its log says why"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"
+
+
+def _last_started_cell(output: Path) -> str:
+    """Index of the last cell papermill started in the executed copy ("?" if unreadable)."""
+    try:
+        cells = json.loads(output.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return "?"
+    started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    return str(started[-1]) if started else "?"
+
+
 def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
@@ -116,23 +192,30 @@ def pretrain(job: Job) -> None:
               f"{exc}); the notebook retries", flush=True)
 
 
-def execute(job: Job, kernel: str = "python3") -> Job:
+def execute(job: Job, kernel: str = "python3", env: Optional[dict] = None, timeout: Optional[float] = None) -> Job:
+    """Run one notebook with papermill; a failure is recorded in ``job.error``, never raised.
+
+    ``env``: the kernel's environment (default :func:`kernel_env`); ``timeout``: seconds a cell may run
+    (papermill ``execution_timeout``; None: no limit). The kernel's output goes to ``job.log``.
+    """
     import papermill as pm
 
-    # The kernels import `support` from this checkout even when it is not pip-installed.
-    path = os.environ.get("PYTHONPATH", "")
-    if str(paths.PROJECT_ROOT) not in path.split(os.pathsep):
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.PROJECT_ROOT), path) if p)
-
     job.output.parent.mkdir(parents=True, exist_ok=True)
+    job.log = job.output.parent / "logs" / f"{job.output.stem}.log"
+    job.log.parent.mkdir(exist_ok=True)
     start = time.perf_counter()
-    if job.notebook.name.startswith(PER_LOSS) and "loss" in job.parameters:
-        pretrain(job)
-    try:
-        pm.execute_notebook(str(job.notebook), str(job.output), parameters=job.parameters, kernel_name=kernel,
-                            cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False)
-    except Exception as exc:  # noqa: BLE001 - report every notebook failure, keep going
-        job.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
+    with open(job.log, "w") as log:
+        if job.notebook.name.startswith(PER_LOSS) and "loss" in job.parameters:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                pretrain(job)
+            log.flush()
+        manager = _kernel_manager_class(kernel_env() if env is None else env, log, job.notebook.parent)
+        try:
+            pm.execute_notebook(str(job.notebook), str(job.output), parameters=job.parameters, kernel_name=kernel,
+                                progress_bar=False, log_output=False, execution_timeout=timeout,
+                                kernel_manager_class=manager)
+        except Exception as exc:  # noqa: BLE001 - report every notebook failure, keep going
+            job.error = describe_failure(exc, job.output, timeout)
     job.seconds = time.perf_counter() - start
     return job
 
@@ -150,17 +233,29 @@ def prepare_data(profile: str, data: str, force: bool) -> None:
     print(f"[run_all] data ready in {time.perf_counter() - start:.0f}s: {bundle.source}", flush=True)
 
 
-def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report) -> List[Job]:
+def _init_worker(env: dict) -> None:
+    """A pool worker (a child process of its own) takes the kernels' thread count and wait switch, so
+    that the training it does before a per-loss notebook shares the cores the same way."""
+    from .training import WAIT_ENV
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", WAIT_ENV):
+        if var in env:
+            os.environ[var] = env[var]
+
+
+def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report, timeout: Optional[float] = None) -> List[Job]:
     """Execute ``jobs`` (each after its :func:`dependencies`), ``workers`` at a time; ``report(job)`` after each.
 
     One worker: in this process, in plan order. More: a pool of processes, each kernel with
     :func:`kernel_threads` threads (unless OMP_NUM_THREADS is set). A job whose dependency failed
     still runs (it reports what it lacks); ``fail_fast`` starts nothing after the first failure.
+    ``timeout``: seconds a notebook cell may run (None: no limit).
     """
     if workers <= 1:
         done = []
+        env = kernel_env()
         for job in jobs:
-            done.append(execute(job))
+            done.append(execute(job, env=env, timeout=timeout))
             report(job)
             if job.error and fail_fast:
                 break
@@ -168,21 +263,18 @@ def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report) -> List[Job
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from .training import WAIT_ENV
-
-    os.environ[WAIT_ENV] = "1"  # two notebooks asking for one run: the second waits, then reads it
-    threads = str(kernel_threads(workers))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, threads)  # the kernels inherit it; torch reads OMP_NUM_THREADS
+    # two notebooks asking for one run: the second waits, then reads it
+    env = kernel_env(kernel_threads(workers), wait_for_runs=True)
     needs = dependencies(jobs)
     pending, running, finished, done = list(range(len(jobs))), {}, set(), []
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(env,)) as pool:
         while pending or running:
             stop = fail_fast and any(j.error for j in done)
             ready = [] if stop else [i for i in pending if needs[i] <= finished]
             for i in ready[:workers - len(running)]:
                 pending.remove(i)
-                running[pool.submit(execute, jobs[i])] = i
+                running[pool.submit(execute, jobs[i], "python3", env, timeout)] = i
             if not running:
                 break
             complete, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -237,6 +329,8 @@ def parse_args(argv=None):
                     "cores/jobs threads (default: 2 on >= 2 cores, else 1)")
     ap.add_argument("--wait", action="store_true", help="wait for another running pipeline instead of exiting")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="seconds one notebook cell may "
+                    "run before its notebook fails (default: the profile's execution_timeout; 0: no limit)")
     ap.add_argument("--ray", default="", metavar="ADDRESS", help="train notebook 04's runs on the Ray cluster at "
                     "ADDRESS first (e.g. auto); the notebooks then read the finished run folders")
     return ap.parse_args(argv)
@@ -266,6 +360,8 @@ def check_args(args) -> None:
         raise SystemExit(f"--losses: unknown classification loss(es) {unknown}; valid: {', '.join(valid)}")
     if args.jobs < 1:
         raise SystemExit(f"--jobs {args.jobs}: must be >= 1 (notebooks executed at once)")
+    if args.timeout is not None and args.timeout < 0:
+        raise SystemExit(f"--timeout {args.timeout:g}: must be >= 0 seconds (0: no limit)")
     bad = [x for x in _csv(args.seeds) if not x.lstrip("-").isdigit()]
     if bad:
         raise SystemExit(f"--seeds: {bad} not integer(s); use comma-separated integers, e.g. --seeds 0,1")
@@ -312,31 +408,33 @@ def main(argv=None) -> int:
         return 0
     lock = acquire_lock(args.wait)
     start = time.perf_counter()
-    from tqdm.auto import tqdm
-
     ray_sweep(args, jobs, seeds)
 
     workers = min(args.jobs, len(jobs)) or 1
+    timeout = profiles.get(args.profile)["execution_timeout"] if args.timeout is None else args.timeout
     print(f"[run_all] profile={args.profile} data={args.data} ({name}) notebooks={len(jobs)} "
-          f"jobs={workers} runs={paths.runs_dir()} figures={paths.figures_dir()}")
+          f"jobs={workers} timeout={f'{timeout:g}s per cell' if timeout else 'none'} runs={paths.runs_dir()} "
+          f"figures={paths.figures_dir()}", flush=True)
     prepare_data(args.profile, args.data, args.force)
-    bar = tqdm(total=len(jobs), desc="notebooks", unit="nb")
+    count = 0
 
-    def report(job: Job) -> None:
-        status = "ok" if not job.error else f"FAILED ({job.error})"
-        bar.write(f"[run_all] {job.output.stem}: {status} in {job.seconds:.0f}s")
-        bar.update()
+    def report(job: Job) -> None:  # one line per notebook, as it ends
+        nonlocal count
+        count += 1
+        status = "ok" if not job.error else f"FAILED: {job.error}"
+        print(f"[run_all] {count}/{len(jobs)} {job.output.stem}: {status} ({job.seconds:.0f} s)", flush=True)
 
-    done = run_jobs(jobs, workers, args.fail_fast, report)
-    bar.close()
+    done = run_jobs(jobs, workers, args.fail_fast, report, timeout=timeout or None)
     lock.close()
     failed = [j for j in done if j.error]
     total = time.perf_counter() - start
     print("\n========== run_all summary ==========")
     print(f"{len(done) - len(failed)} notebook runs succeeded, {len(failed)} failed, {total / 60:.1f} min")
     for j in failed:
-        print(f"  FAILED {j.notebook.name} {j.parameters}: {j.error}\n         executed copy: {j.output}")
+        print(f"  FAILED {j.notebook.name} {j.parameters}: {j.error}\n         executed copy: {j.output}"
+              f"\n         kernel log:    {j.log}")
     print(f"Executed notebooks: {paths.runs_dir() / 'notebooks'}")
+    print(f"Kernel logs:        {paths.runs_dir() / 'notebooks' / 'logs'}")
     print(f"Run folders:        {paths.runs_dir()}")
     print(f"Report tables:      {paths.report_dir()}")
     print(f"Figures:            {paths.figures_dir()}")
