@@ -71,20 +71,30 @@ def notebooks(only: Optional[List[str]] = None) -> List[Path]:
     return found
 
 
+def declared(notebook: Path) -> Optional[set]:
+    """The names a notebook's ``parameters`` cell defines (papermill's own parser); None without one."""
+    import papermill as pm
+
+    names = set(pm.inspect_notebook(str(notebook)))
+    return names or None
+
+
 def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=None) -> List[Job]:
-    """The papermill jobs for a profile, in order."""
+    """The papermill jobs for a profile, in order; each notebook gets only the parameters it declares."""
     p = profiles.get(profile)
     out_dir = paths.runs_dir() / "notebooks"
     common = {"profile": profile, "data": data, "force": force}
     jobs = []
     for nb in notebooks(only):
+        names = declared(nb)
+        mine = {k: v for k, v in common.items() if names is None or k in names}
         if nb.name.startswith(PER_LOSS):
             for seed in (seeds or p["seeds"]):
                 for loss in (losses or p["losses"]):
                     out = paths.inside(out_dir, f"{nb.stem}__{loss}__seed{seed}.ipynb")  # a loss is no path
-                    jobs.append(Job(nb, out, {**common, "loss": loss, "seed": int(seed)}))
+                    jobs.append(Job(nb, out, {**mine, "loss": loss, "seed": int(seed)}))
         else:
-            jobs.append(Job(nb, out_dir / nb.name, dict(common)))
+            jobs.append(Job(nb, out_dir / nb.name, mine))
     return jobs
 
 

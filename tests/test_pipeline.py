@@ -59,3 +59,12 @@ def test_a_hung_cell_times_out_with_the_env_given_and_a_quiet_console(tmp_path, 
     assert job.log == tmp_path / "out" / "logs" / "01_hangs.log" and job.log.exists()
     console = capfd.readouterr()
     assert "without encryption" not in console.out + console.err and "KeyboardInterrupt" not in console.err
+
+
+def test_each_notebook_gets_only_the_parameters_it_declares():
+    """papermill warns 'Passed unknown parameter' for the others (style rule 19)."""
+    for job in pipeline.plan("smoke", "phantom", False, only=["03", "04"], losses=["cce"], seeds=[0]):
+        assert set(job.parameters) <= pipeline.declared(job.notebook)
+        assert job.parameters["profile"] == "smoke"
+    assert set(pipeline.plan("smoke", "phantom", False, only=["04"], losses=["cce"], seeds=[0])[0].parameters) == \
+        {"profile", "data", "force", "loss", "seed"}
