@@ -122,3 +122,30 @@ def test_papermill_parses_every_parameters_line(path, caplog):
         params = _infer_parameters(load_notebook_node(str(path)))
     assert not [r.getMessage() for r in caplog.records if r.name.startswith("papermill")]
     assert "profile" in {p.name for p in params}
+
+
+def test_license_is_spdx_and_the_files_exist():
+    """A TOML-table license makes setuptools >= 77 print a deprecation wall on every install."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    import yaml
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["license"] == "MIT" and cff["cff-version"] == "1.2.0"
+    assert {"10.1371/journal.pone.0261307", "10.1007/978-3-030-87444-5_6", "10.1016/j.cell.2018.02.010",
+            "10.1038/s41597-022-01721-8"} <= {r.get("doi") for r in cff["references"]}
+
+
+def test_readme_links_stay_inside_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    for section in ("## Cite", "## Getting the real data"):
+        assert section in readme
+    targets = re.findall(r"\]\(([^)#]+)\)", readme)
+    local = [t for t in targets if not t.startswith(("http://", "https://"))]
+    assert not [t for t in local if not (ROOT / t).exists()], "README links a file the repository lacks"
+    assert "shared/" not in readme
