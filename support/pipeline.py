@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import json
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import paths, profiles
+from .kernels import describe_failure, kernel_env, kernel_manager_class
 
 NOTEBOOKS_DIR = paths.PROJECT_ROOT / "notebooks"
 PER_LOSS = "04"
@@ -108,71 +108,6 @@ def dependencies(jobs: List[Job]) -> List[set]:
     return out
 
 
-def kernel_env(threads: Optional[int] = None, wait_for_runs: bool = False) -> dict:
-    """The environment of a notebook's kernel: a copy of this process's, plus what the kernels need.
-
-    ``PYTHONPATH`` starts with this checkout (kernels import ``support`` even when it is not installed);
-    ``threads`` sets OMP/MKL_NUM_THREADS unless the user set them; ``wait_for_runs`` makes a kernel that
-    asks for a run another one is training wait for it (:data:`support.training.WAIT_ENV`).
-    """
-    from .training import WAIT_ENV
-
-    env = dict(os.environ)
-    path = env.get("PYTHONPATH", "")
-    if str(paths.PROJECT_ROOT) not in path.split(os.pathsep):
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.PROJECT_ROOT), path) if p)
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(var, str(threads))  # torch reads OMP_NUM_THREADS at start-up
-    if wait_for_runs:
-        env[WAIT_ENV] = "1"
-    return env
-
-
-def _kernel_manager_class(env: dict, log, cwd: Path):
-    """A jupyter_client kernel manager that starts its kernel with ``env``, in ``cwd``, output to ``log``.
-
-    papermill passes it to nbclient (``kernel_manager_class``), which still owns the kernel's life cycle:
-    start, interrupt on timeout, shutdown.
-    """
-    from jupyter_client.manager import AsyncKernelManager
-
-    class KernelManager(AsyncKernelManager):
-        async def start_kernel(self, **kw):
-            kw.update(env=env, stdout=log, stderr=log)
-            kw.setdefault("cwd", str(cwd))
-            return await super().start_kernel(**kw)
-
-    return KernelManager
-
-
-def describe_failure(exc: BaseException, output: Path, timeout: Optional[float]) -> str:
-    """One line: which cell failed and how, from papermill's / nbclient's exception fields."""
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
-
-    if isinstance(exc, PapermillExecutionError):
-        lines = str(exc.evalue or "").strip().splitlines()
-        return f"cell {exc.cell_index} (In [{exc.exec_count}]): {exc.ename}: {lines[0][:300] if lines else ''}"
-    if isinstance(exc, CellTimeoutError):
-        return (f"cell {_last_started_cell(output)}: timed out after {timeout:g} s (the profile's "
-                "execution_timeout; raise it with --timeout)")
-    if isinstance(exc, DeadKernelError):
-        return f"the kernel died ({exc}); its log says why"
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"
-
-
-def _last_started_cell(output: Path) -> str:
-    """Index of the last cell papermill started in the executed copy ("?" if unreadable)."""
-    try:
-        cells = json.loads(output.read_text())["cells"]
-    except (OSError, ValueError, KeyError):
-        return "?"
-    started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
-    return str(started[-1]) if started else "?"
-
-
 def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
@@ -219,7 +154,7 @@ def execute(job: Job, kernel: str = "python3", env: Optional[dict] = None, timeo
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 pretrain(job)
             log.flush()
-        manager = _kernel_manager_class(kernel_env() if env is None else env, log, job.notebook.parent)
+        manager = kernel_manager_class(kernel_env() if env is None else env, log, job.notebook.parent)
         try:
             pm.execute_notebook(str(job.notebook), str(job.output), parameters=job.parameters, kernel_name=kernel,
                                 progress_bar=False, log_output=False, execution_timeout=timeout,
