@@ -21,9 +21,6 @@ ROOT = "lossbench"
 class _StdoutHandler(logging.StreamHandler):
     """A StreamHandler that writes to whatever ``sys.stdout`` is at emit time (Jupyter, pytest capture)."""
 
-    def __init__(self):
-        super().__init__()
-
     @property
     def stream(self):
         return sys.stdout
@@ -46,10 +43,9 @@ def _root() -> logging.Logger:
     """The package logger, given its default handler once (adding a handler to one's own logger is no
     global change: the root logger and other libraries are untouched)."""
     logger = logging.getLogger(ROOT)
-    if not any(getattr(h, "_lossbench", False) for h in logger.handlers):
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
         handler = _StdoutHandler()
         handler.setFormatter(_TagFormatter())
-        handler._lossbench = True
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -67,7 +63,7 @@ def propagate(on: bool = True) -> None:
     logger = _root()
     logger.propagate = on
     for h in logger.handlers:
-        if getattr(h, "_lossbench", False):
+        if isinstance(h, _StdoutHandler):
             h.setLevel(logging.CRITICAL + 1 if on else logging.NOTSET)
 
 

@@ -363,3 +363,19 @@ def test_bad_input_names_path_and_fix(tmp_path, case):
         warnings.simplefilter("ignore", SkippedImagesWarning)
         with pytest.raises(error, match=pattern):
             load(name, **params)
+
+
+def test_lossbench_logger_tags_levels_and_hands_over_to_the_root_logger(capsys, caplog):
+    from support import logs
+
+    log = logs.get("data")
+    log.info("plain")
+    log.warning("odd")
+    assert capsys.readouterr().out == "[data] plain\n[data] WARNING: odd\n"
+    logs.propagate()
+    try:
+        with caplog.at_level("INFO", logger="lossbench"):
+            log.info("to your handlers")
+        assert capsys.readouterr().out == "" and "to your handlers" in caplog.text
+    finally:
+        logs.propagate(False)
