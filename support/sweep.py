@@ -387,7 +387,7 @@ def main(argv=None) -> int:
         pending = {c.key() for c in todo}
         for c in configs:
             state = "to train" if c.key() in pending or args.force else "finished"
-            print(f"{c.key()}  {state:9s} loss={c.loss} seed={c.seed} arch={c.arch} data={c.data}")
+            log.info(f"{c.key()}  {state:9s} loss={c.loss} seed={c.seed} arch={c.arch} data={c.data}")
         return 0
     gpus = [int(g) for g in args.gpus.split(",") if g.strip()] or None
     result = run(configs, args.backend, runs_dir=args.runs_dir, force=args.force, workers=args.workers,
