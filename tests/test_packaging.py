@@ -149,3 +149,38 @@ def test_readme_links_stay_inside_the_repository():
     local = [t for t in targets if not t.startswith(("http://", "https://"))]
     assert not [t for t in local if not (ROOT / t).exists()], "README links a file the repository lacks"
     assert "shared/" not in readme
+
+
+@pytest.mark.parametrize("pip_fails", [False, True], ids=["pip ok", "pip fails"])
+def test_bootstrap_is_quiet_unless_pip_fails(tmp_path, pip_fails):
+    """run_all.sh's first install: two [bootstrap] lines; pip's warnings only in .venv/pip-install.log, and
+    all of them on the console when pip fails. A stub .venv/bin/python stands in for pip (no network)."""
+    import shutil
+    import stat
+
+    shutil.copy(ROOT / "run_all.sh", tmp_path / "run_all.sh")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    stub = tmp_path / ".venv" / "bin" / "python"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/usr/bin/env bash\n"
+                    'case "$*" in\n'
+                    '  *"pip install --upgrade pip"*) echo "WARNING: Location file:///opt/x is ignored" ;;\n'
+                    '  *"pip install -e"*) echo "SetuptoolsDeprecationWarning: project.license as a TOML table"; '
+                    f'echo "ERROR: no matching distribution"; exit {int(pip_fails)} ;;\n'
+                    '  *support.pipeline*) echo "pipeline ran" ;;\n'
+                    "esac\n")
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    out = subprocess.run([str(tmp_path / "run_all.sh")], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    log = (tmp_path / ".venv" / "pip-install.log").read_text()
+    assert "SetuptoolsDeprecationWarning" in log and "WARNING: Location" in log
+    if pip_fails:
+        assert out.returncode == 1 and "pipeline ran" not in out.stdout
+        assert "SetuptoolsDeprecationWarning" in out.stderr and "ERROR: no matching distribution" in out.stderr
+        assert "pip install failed" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == ["[bootstrap] installing lossbench-cxr and its dependencies into .venv "
+                                           "(first time: a few minutes)",
+                                           "[bootstrap] installed (.venv/pip-install.log)", "pipeline ran"]
+        assert out.stderr == ""
