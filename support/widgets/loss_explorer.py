@@ -37,7 +37,7 @@ DEFAULT_LOSSES = ("cce", "focal", "hinge", "ls_cce", "cal_cce")
 class LossExplorer(Panel):
     """Pick losses and move β, γ, ε, α; the loss and gradient curves update.
 
-    ``.widget`` is the panel; ``.sliders`` (key -> FloatSlider, keys of
+    Displays itself (last line of a cell); ``.widget`` is the panel; ``.sliders`` (key -> FloatSlider, keys of
     :data:`SLIDERS`) and ``.select`` (loss choice) its controls; ``.curves``
     the data last plotted (:class:`support.losses.curves.Curves`);
     ``.figure`` the matplotlib figure; ``.png`` the bytes shown.

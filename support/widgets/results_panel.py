@@ -57,7 +57,7 @@ def _experiment_key(run: Run) -> str:
 class ResultsPanel(Panel):
     """Pick losses, seeds, metric and split; every view follows (see module docstring).
 
-    ``.widget`` is the panel. Data behind the views: ``.table`` (one row per
+    Displays itself (last line of a cell); ``.widget`` is the panel. Data behind the views: ``.table`` (one row per
     loss, :func:`support.compare.loss_table` of the selection), ``.bars`` (the
     plotted metric with CI), ``.chosen`` ({"loss · seed s": Run}) and
     ``.pngs`` ({view: PNG bytes last drawn}). ``.message`` tells what is shown
