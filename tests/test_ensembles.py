@@ -328,7 +328,8 @@ def test_stacking_heldout_score_is_nested_cross_validation():
     X = np.log(np.clip(np.stack(P), 1e-12, 1)).transpose(1, 0, 2).reshape(len(y), -1)
     search = LogisticRegressionCV(Cs=list(np.logspace(-3, 3, 13)), cv=StratifiedKFold(3, shuffle=True, random_state=0),
                                   scoring="neg_log_loss", max_iter=5000, **_plain_l2())
-    nested = cross_val_predict(search, X, y, cv=StratifiedKFold(3, shuffle=True, random_state=1), method="predict_proba")
+    outer = StratifiedKFold(3, shuffle=True, random_state=1)
+    nested = cross_val_predict(search, X, y, cv=outer, method="predict_proba")
     assert ens.info["heldout_log_loss"] == pytest.approx(log_loss(y, nested), rel=1e-6)
     assert ens.info["C"] == pytest.approx(np.ravel(search.fit(X, y).C_)[0])
     assert "cv_log_loss" not in ens.info  # the selection-biased score is not reported

@@ -212,7 +212,8 @@ def train_seg(config: SegConfig, runs_dir=None, force: bool = False, progress: b
             artifacts.write_text(work / "log.csv", pd.DataFrame(st.log).to_csv(index=False))
             artifacts.save_state(work / "last.pt", st.state())
             bar.update()
-            bar.set_postfix(loss=f"{train_loss:.3f}", val_loss=f"{row['val_loss']:.3f}", val_dice=f"{row['val_dice']:.3f}")
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_loss=f"{row['val_loss']:.3f}",
+                            val_dice=f"{row['val_dice']:.3f}")
         bar.close()
         _finish(st, config, bundle, sets, work, final, device)
     return final
