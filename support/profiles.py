@@ -75,6 +75,7 @@ PROFILES = {
             "variants": NODULE_VARIANTS, "seeds": (0,), "learnability_check": False,
             "n_probe": 128, "n_counterfactual": 24, "n_embed": 128, "embedding": "tsne", "bootstrap": 100,
         },
+        "execution_timeout": 600,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
     "quick": {
         # Test and validation draws sized for the question (generated films cost nothing to score): 6,000
@@ -123,6 +124,7 @@ PROFILES = {
             "variants": NODULE_VARIANTS, "seeds": (0, 1, 2), "learnability_check": True,
             "n_probe": 600, "n_counterfactual": 160, "n_embed": 400, "embedding": "tsne", "bootstrap": 1000,
         },
+        "execution_timeout": 1800,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
     "full": {
         "data": {"name": "phantom", "n": 5856, "image_size": 512},
@@ -150,6 +152,7 @@ PROFILES = {
             "seeds": (0, 1, 2, 3, 4), "learnability_check": True,
             "n_probe": 2000, "n_counterfactual": 500, "n_embed": 1000, "embedding": "umap", "bootstrap": 1000,
         },
+        "execution_timeout": 21600,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
 }
 

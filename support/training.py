@@ -56,6 +56,9 @@ from . import artifacts, losses, models, paths
 from .data import load as load_data
 from .data.core import resolve_params, source_version
 from .losses._checks import DeferredChecks, NonFiniteError, deferred
+from . import logs
+
+log = logs.get("train")
 
 MONITORS = {"val_mcc": "max", "val_accuracy": "max", "val_loss": "min", "val_nll": "min"}
 #: How a loss trains the model (TrainConfig.mode; see _Member.outputs / compute_loss).
@@ -267,7 +270,7 @@ def run_lock(run_dir: Path, wait: Optional[bool] = None):
         if not wait:
             fh.close()
             raise RunLocked(f"{run_dir} is being written by another process; wait for it or stop it") from None
-        print(f"[train] {run_dir} is being trained by another process; waiting for it", flush=True)
+        log.info(f"{run_dir} is being trained by another process; waiting for it")
         fcntl.flock(fh, fcntl.LOCK_EX)
     try:
         yield
@@ -557,7 +560,7 @@ def _compiled(model):
     try:
         compiled = torch.compile(model)
     except Exception as exc:  # noqa: BLE001 - any backend failure means: run eager
-        print(f"[train] torch.compile unavailable ({type(exc).__name__}); running eager")
+        log.warning(f"torch.compile unavailable ({type(exc).__name__}); running eager")
         return model
     state = {"fn": compiled}
 
@@ -567,7 +570,7 @@ def _compiled(model):
         except Exception as exc:  # noqa: BLE001
             if state["fn"] is model:
                 raise
-            print(f"[train] torch.compile failed at first call ({type(exc).__name__}: {str(exc)[:120]}); eager")
+            log.warning(f"torch.compile failed at first call ({type(exc).__name__}: {str(exc)[:120]}); eager")
             state["fn"] = model
             return model(x)
 
@@ -686,9 +689,9 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
             if not force and (work / "last.pt").exists():
                 try:
                     m.restore(artifacts.load_state(work / "last.pt", map_location=device))
-                    print(f"[train] resuming {c.loss} (seed {c.seed}) at epoch {m.next_epoch} from {work / 'last.pt'}")
+                    log.info(f"resuming {c.loss} (seed {c.seed}) at epoch {m.next_epoch} from {work / 'last.pt'}")
                 except artifacts.ArtifactError as exc:
-                    print(f"[train] cannot resume ({exc}); starting {work} from scratch")
+                    log.warning(f"cannot resume ({exc}); starting {work} from scratch")
             info = {"config": dataclasses.asdict(c), "experiment": c.experiment(), "key": c.key(),
                     "git_sha": git_sha(), "torch": torch.__version__, "device": str(device),
                     "data_source": bundle.source, "classes": list(bundle.classes)}
@@ -772,7 +775,7 @@ def _fail(m: _Member, epoch: int, what: str) -> None:
                f"run stopped, its folder {m.run_dir} keeps the last good checkpoint. "
                "Lower the learning rate or check the loss parameters")
     artifacts.write_json(m.run_dir / "error.json", {"error": m.error, "epoch": epoch})
-    print(f"[train] {m.error}")
+    log.error(m.error)
 
 
 def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds: float) -> None:

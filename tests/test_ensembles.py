@@ -329,3 +329,26 @@ def test_model_level_refuses_members_of_different_image_size(trained, tmp_path):
     artifacts.write_json(odd / "config.json", info)
     with pytest.raises(EnsembleError, match=r"must share image_size.*odd.*48"):
         ensembles.model_level_config([members[0], runs.Run(odd)])
+
+
+def test_stacking_heldout_score_is_nested_cross_validation():
+    """``heldout_log_loss`` = sklearn's own nested CV: cross_val_predict over a LogisticRegressionCV, so no
+    outer fold is scored by a model whose C search saw it; C is LogisticRegressionCV's on all the data."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from support.ensembles.stacking import _plain_l2  # only silences sklearn >= 1.8's FutureWarnings
+
+    rng = np.random.default_rng(5)
+    y = np.arange(90) % 3
+    P = [noisy_probs(y, 0.8, rng), noisy_probs(y, 0.4, rng)]
+    ens = ensembles.fit("stacking", P, y, cv=3, seed=0)
+    X = np.log(np.clip(np.stack(P), 1e-12, 1)).transpose(1, 0, 2).reshape(len(y), -1)
+    search = LogisticRegressionCV(Cs=list(np.logspace(-3, 3, 13)), cv=StratifiedKFold(3, shuffle=True, random_state=0),
+                                  scoring="neg_log_loss", max_iter=5000, **_plain_l2())
+    outer = StratifiedKFold(3, shuffle=True, random_state=1)
+    nested = cross_val_predict(search, X, y, cv=outer, method="predict_proba")
+    assert ens.info["heldout_log_loss"] == pytest.approx(log_loss(y, nested), rel=1e-6)
+    assert ens.info["C"] == pytest.approx(np.ravel(search.fit(X, y).C_)[0])
+    assert "cv_log_loss" not in ens.info  # the selection-biased score is not reported

@@ -35,6 +35,19 @@ def test_pipeline_succeeds_and_summarises(smoke_pipeline):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def test_console_is_one_line_per_notebook_and_kernel_output_goes_to_logs(smoke_pipeline):
+    """Issue 20: no kernel warnings, papermill parse complaints or progress bars on a normal run."""
+    root, proc = smoke_pipeline
+    head = proc.stdout[:proc.stdout.index("run_all summary")]
+    lines = [line for line in head.splitlines() if line.strip() and not line.startswith("=")]
+    done = [line for line in lines if line.startswith("[run_all] ") and ": ok (" in line]
+    assert len(lines) == len(done) + 2, lines  # + the settings line and "data ready"
+    for noise in ("without encryption", "KeyboardInterrupt", "Unable to parse", "unknown parameter", "it/s]"):
+        assert noise not in proc.stdout + proc.stderr, noise
+    logs = sorted((root / "runs" / "notebooks" / "logs").glob("*.log"))
+    assert len(logs) == len(done) and "Kernel logs:" in proc.stdout
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executed_without_error(smoke_pipeline, nb):
     root, _ = smoke_pipeline

@@ -269,13 +269,41 @@ def test_imagefolder_split_layout(tmp_path):
     assert b.splits["test"].ids[0] == "test/no/0.png"
 
 
+def test_imagefolder_class_order_is_torchvisions(tmp_path):
+    """Integer-named class folders: the same indices as torchvision's ImageFolder ("10" < "2" < "9")."""
+    from torchvision.datasets import ImageFolder
+
+    for c in ("9", "10", "2"):
+        for i in range(10):
+            _jpeg(tmp_path / "ints" / c / f"{i}.png", i)
+    b = load("imagefolder", root=str(tmp_path / "ints"), image_size=SIZE, cache=False)
+    assert list(b.classes) == ImageFolder(str(tmp_path / "ints")).classes == ["10", "2", "9"]
+    for split in b.splits.values():  # every id's label is its folder's torchvision index
+        assert [b.classes[y] for y in split.labels.tolist()] == [i.split("/")[0] for i in split.ids]
+    b = load("imagefolder", root=str(tmp_path / "ints"), image_size=SIZE, cache=False, classes="2,9,10")
+    assert b.classes == ("2", "9", "10")
+    with pytest.raises(ValueError, match=r"classes='2,9' must list each class found exactly once; found 10, 2, 9"):
+        load("imagefolder", root=str(tmp_path / "ints"), image_size=SIZE, cache=False, classes="2,9")
+
+
+def test_verbose_false_silences_builders(tmp_path, capsys):
+    for c in ("a", "b"):
+        for i in range(10):
+            _jpeg(tmp_path / "f" / c / f"{i}.png", i)
+    load("imagefolder", root=str(tmp_path / "f"), image_size=SIZE, cache=False, verbose=False)
+    assert capsys.readouterr().out == ""
+    load("imagefolder", root=str(tmp_path / "f"), image_size=SIZE, cache=False)
+    out = capsys.readouterr().out
+    assert "[data] image folder (local:" in out and "[data] built" in out  # the lossbench.data logger
+
+
 def test_csv_with_and_without_split_column(tmp_path):
     for i in range(8):
         _jpeg(tmp_path / "imgs" / f"{i}.jpg", i)
     rows = [f"imgs/{i}.jpg,{'10' if i % 2 else '2'},{'test' if i >= 6 else 'train'}" for i in range(8)]
     (tmp_path / "with_split.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
     b = load("csv", path=str(tmp_path / "with_split.csv"), image_size=SIZE, val_fraction=0.3)
-    assert b.classes == ("2", "10")  # integer labels sort numerically
+    assert b.classes == ("10", "2")  # string order, as torchvision sorts class folders
     assert b.counts()["total"].tolist() == [4, 2, 2]  # test given; val = ceil(0.3*6) = 2 carved from train
     assert b.splits["test"].ids == ["imgs/6.jpg", "imgs/7.jpg"]
     rows = [f"{tmp_path / 'imgs' / f'{i}.jpg'},{'sick' if i % 2 else 'well'}" for i in range(8)]
@@ -335,3 +363,19 @@ def test_bad_input_names_path_and_fix(tmp_path, case):
         warnings.simplefilter("ignore", SkippedImagesWarning)
         with pytest.raises(error, match=pattern):
             load(name, **params)
+
+
+def test_lossbench_logger_tags_levels_and_hands_over_to_the_root_logger(capsys, caplog):
+    from support import logs
+
+    log = logs.get("data")
+    log.info("plain")
+    log.warning("odd")
+    assert capsys.readouterr().out == "[data] plain\n[data] WARNING: odd\n"
+    logs.propagate()
+    try:
+        with caplog.at_level("INFO", logger="lossbench"):
+            log.info("to your handlers")
+        assert capsys.readouterr().out == "" and "to your handlers" in caplog.text
+    finally:
+        logs.propagate(False)

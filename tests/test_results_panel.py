@@ -182,3 +182,11 @@ def test_buttons_act_and_show_their_errors_in_the_panel(panel, runs_dir):
     panel.seeds.value = ()
     panel.export_button.click()  # nothing to export: said in the panel, no exception lost in a log
     assert "no table to export" in panel.message.value
+
+
+def test_the_panel_displays_as_its_widget(panel):
+    """``ResultsPanel()`` as the last line of a cell renders the panel (IPython's formatter, as Jupyter calls it)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(panel)
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id

@@ -43,6 +43,9 @@ from .containers import CXR_CLASSES, DataBundle
 from .core import register_source
 from .folders import assemble, carve, check_options, check_root
 from .images import files_fingerprint, is_hidden, list_images
+from .. import logs
+
+log = logs.get("data")
 
 #: Published images per class (normal, bacterial, viral): Mendeley v2 train and test folders.
 PUBLISHED = {"train": (1349, 2538, 1345), "test": (234, 242, 148)}
@@ -152,7 +155,7 @@ def build(root: str, image_size: int = 256, val_split: str = "first10", val_frac
                         splits=assemble(table, CXR_CLASSES, image_size, strict, str(data), skipped))
     merged = (f"; Kaggle val/ ({int((table['folder'] == 'val').sum())} images) merged into train"
               if "val" in splits else "")
-    print(f"[data] Kermany from {data}{merged}; val = {val_split} {val_fraction:g} of train\n"
+    log.info(f"Kermany from {data}{merged}; val = {val_split} {val_fraction:g} of train\n"
           f"{bundle.counts().to_string()}")
     _warn_counts(bundle)
     return bundle

@@ -22,7 +22,8 @@ Quick use::
     from support import ensembles, runs
     members = ensembles.select_top_k(runs.find_runs(seed=0), k=3)          # by validation MCC
     ens = ensembles.fit_runs("weighted", members)                           # weights from validation
-    test_probs = ensembles.predict_runs(ens, members, "test"); print(ens.describe())
+    test_probs = ensembles.predict_runs(ens, members, "test")
+    ens.describe()                                                          # method, members, weights, split
     level = ensembles.train_model_level(members)                            # a run folder
 """
 from . import simple, weighted, stacking  # noqa: F401  (register the prediction-level methods, in this order)

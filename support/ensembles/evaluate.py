@@ -30,12 +30,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .. import inference, logs, stats
 from .. import metrics as metrics_mod
-from .. import inference, stats
 from ..runs import Run
 from .base import ENSEMBLES, LEAK_SUFFIX, EnsembleError, fit
 from .members import check_members, fit_runs, fit_split, leak_label, predict_runs, select_top_k
 from .model_level import train_model_level
+
+log = logs.get("ensembles")
 
 #: Test metrics of the ensemble table (ECE: lower is better).
 TABLE_METRICS = ("mcc", "accuracy", "auroc_macro", "ece")
@@ -112,9 +114,9 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
         for k in ks:
             kk = min(k, len(rs)) if clip_k else k
             if kk != k:
-                print(f"[ensembles] seed {seed}: only {len(rs)} runs, so top-{k} uses K={kk}")
+                log.info(f"seed {seed}: only {len(rs)} runs, so top-{k} uses K={kk}")
             if kk in done or kk < 2:
-                print(f"[ensembles] seed {seed}: top-{kk} {'already done' if kk in done else 'is not an ensemble'}; skipped")
+                log.info(f"seed {seed}: top-{kk} {'already done' if kk in done else 'is not an ensemble'}; skipped")
                 continue
             done.add(kk)
             top = select_top_k(rs, kk, metric, split=fit_on)
@@ -143,7 +145,7 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
                 val_probs=ens.predict_proba([r1.probs("val_fit"), r2.probs("val_fit")]),
                 weights=[float(w) for w in ens.weights], detail=ens.describe()))
         elif final_blend and level_here:
-            print(f"[ensembles] seed {seed}: the final blend needs two different model-level ensembles; skipped")
+            log.info(f"seed {seed}: the final blend needs two different model-level ensembles; skipped")
     return results
 
 

@@ -1,6 +1,6 @@
 """Results panel: finished runs side by side, by loss (JupyterLab, ipywidgets 8).
 
-    panel = ResultsPanel()                   # in a notebook: display ``panel.widget``
+    panel = ResultsPanel()                   # in a notebook: the last line of a cell displays it
     panel.update(metric="ece", split="val")  # same as using the controls
     panel.bars                               # the data behind the bar plot
     panel.export_csv()                       # the table view -> runs/report/panel_*.csv
@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import artifacts, compare, metrics, paths, report_plots
 from ..runs import Run, find_runs
+from .base import Panel
 
 VIEWS = {"bars": "Metric per loss (CI)", "confusion": "Confusions", "reliability": "Reliability",
          "curves": "Training curves", "table": "Table", "cams": "CAMs"}
@@ -53,10 +54,10 @@ def _experiment_key(run: Run) -> str:
     return f"{run.metrics['data_source']} · {run.metrics['arch']} · {artifacts.config_key(rest, 6)}"
 
 
-class ResultsPanel:
+class ResultsPanel(Panel):
     """Pick losses, seeds, metric and split; every view follows (see module docstring).
 
-    ``.widget`` is the panel. Data behind the views: ``.table`` (one row per
+    Displays itself (last line of a cell); ``.widget`` is the panel. Data behind the views: ``.table`` (one row per
     loss, :func:`support.compare.loss_table` of the selection), ``.bars`` (the
     plotted metric with CI), ``.chosen`` ({"loss · seed s": Run}) and
     ``.pngs`` ({view: PNG bytes last drawn}). ``.message`` tells what is shown
