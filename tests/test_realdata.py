@@ -177,13 +177,19 @@ def test_kermany_strict_raises_on_corrupt_file(kaggle):
 
 def test_kermany_mendeley_layout_and_stratified_val(mendeley):
     b1 = load("kermany", root=str(mendeley), image_size=SIZE, val_split="stratified", val_fraction=0.2,
-              cache=False)
+              cache=False, group_patients=False)
     counts = b1.counts()[list(b1.classes)].to_numpy().tolist()
     assert counts == [[8, 8, 8], [2, 2, 2], [2, 2, 2]]  # 30 * 0.2 = 6 val, 2 per class
     assert all(i.startswith("chest_xray/train/") for i in b1.splits["val"].ids)
     b2 = load("kermany", root=str(mendeley), image_size=SIZE, val_split="stratified", val_fraction=0.2,
-              cache=False)
+              cache=False, group_patients=False)
     assert b1.splits["val"].ids == b2.splits["val"].ids  # seeded
+    # Here each child has a bacterial and a viral film: by default a child is never on both sides.
+    from support.data.halves import patient_groups
+
+    grouped = load("kermany", root=str(mendeley), image_size=SIZE, val_split="stratified", val_fraction=0.2, cache=False)
+    people = [{g for g in patient_groups(grouped.splits[s].ids) if g.startswith("person")} for s in ("train", "val")]
+    assert not people[0] & people[1] and len(grouped.splits["val"]) > len(b1.splits["val"])
 
 
 def test_exif_rotation_applied(tmp_path):
@@ -379,3 +385,29 @@ def test_lossbench_logger_tags_levels_and_hands_over_to_the_root_logger(capsys, 
         assert capsys.readouterr().out == "" and "to your handlers" in caplog.text
     finally:
         logs.propagate(False)
+
+
+def test_kermany_keeps_a_patients_films_on_one_side(tmp_path):
+    """Two films per child: the paper's name-ordered carve-out can split a child between train and val;
+    group_patients (the default) moves the child's other films to val, and the val halves keep them together."""
+    from support.data.halves import patient_groups
+
+    root = tmp_path / "two_films"
+    for split, n in (("train", 20), ("test", 2)):
+        for i in range(n):
+            _jpeg(root / f"chest_xray/{split}/NORMAL/IM-{i:04d}.jpeg", i)
+            for film in (0, 1):
+                _jpeg(root / f"chest_xray/{split}/PNEUMONIA/person{i}_bacteria_{2 * i + film}.jpeg", 50 + 2 * i + film)
+            _jpeg(root / f"chest_xray/{split}/PNEUMONIA/person{i + 100}_virus_{i}.jpeg", 200 + i)
+
+    def people(split):
+        return {g for g in patient_groups(split.ids) if g.startswith("person")}
+
+    # 40 bacterial films, 7.5 % -> the first 3 names: both films of person0, one of person10
+    plain, _ = _load_recorded("kermany", root=str(root), image_size=SIZE, val_fraction=0.075, group_patients=False)
+    assert people(plain.splits["train"]) & people(plain.splits["val"]) == {"person10"}
+    grouped, _ = _load_recorded("kermany", root=str(root), image_size=SIZE, val_fraction=0.075)
+    assert not people(grouped.splits["train"]) & people(grouped.splits["val"])
+    assert len(grouped.splits["val"]) == len(plain.splits["val"]) + 1  # person10's second film joined val
+    half, groups = grouped.val_half(), patient_groups(grouped.splits["val"].ids)
+    assert all(len(set(half[groups == g])) == 1 for g in set(groups))
