@@ -58,6 +58,12 @@ def _test_images(groups: Dict[str, List[Run]], split: str) -> np.ndarray:
     return first.labels(split)
 
 
+def score(run: Run, metric: str, split: str = "test") -> float:
+    """``metric`` of one run on ``split``: from its metrics.json when recorded there, else from its predictions."""
+    recorded = (run.metrics.get(split) or {}).get(metric) if split in ("val", "test") else None
+    return float(recorded) if recorded is not None else float(METRICS.get(metric)(run.labels(split), run.probs(split)))
+
+
 def seed_stack(runs: Sequence[Run], split: str = "test") -> Tuple[np.ndarray, Dict[str, np.ndarray], List[int], str]:
     """``(y, {loss: probs[S, N, K]}, seeds, note)`` over the seeds that EVERY loss has (a paired design).
 
@@ -100,8 +106,7 @@ def loss_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0,
     for label, rs in groups.items():
         row = {"loss": label, "n_seeds": len(rs), "seeds": ",".join(str(r.seed) for r in rs), "n_images": len(y)}
         for m in table_metrics:
-            vals = np.array([(r.metrics.get(split) or {}).get(m, np.nan) for r in rs], dtype=float) \
-                if split in ("val", "test") else np.array([float(METRICS.get(m)(y, r.probs(split))) for r in rs])
+            vals = np.array([score(r, m, split) for r in rs], dtype=float)
             row[f"{m}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan
             row[f"{m}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan
         probs = np.stack([r.probs(split) for r in rs])
@@ -168,7 +173,7 @@ def confirmatory_table(runs: Sequence[Run], family: dict, n_boot: int = 1000, se
 def pairwise_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0, metric: str = "mcc") -> pd.DataFrame:
     """Every pair of losses (exploratory): paired seed x image tests, Holm over all pairs."""
     groups = group_by_loss(runs)
-    mean = {label: np.mean([r.metrics["test"][metric] for r in rs]) for label, rs in groups.items()}
+    mean = {label: np.mean([score(r, metric) for r in rs]) for label, rs in groups.items()}
     labels = sorted(groups, key=lambda label: -mean[label])  # best first: the matrix reads top-down
     return comparison_table(runs, list(itertools.combinations(labels, 2)), metric, n_boot, seed,
                             family="exploratory")
