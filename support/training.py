@@ -64,7 +64,9 @@ MONITORS = {"val_mcc": "max", "val_accuracy": "max", "val_loss": "min", "val_nll
 #: How a loss trains the model (TrainConfig.mode; see _Member.outputs / compute_loss).
 MODES = ("end_to_end", "two_stage", "joint")
 #: Fields added after runs existed: left out of the run key while at their default, so older keys stay valid.
-_KEY_OPTIONAL = {"mode": "end_to_end", "metric_weight": 1.0}
+_KEY_OPTIONAL = {"mode": "end_to_end", "metric_weight": 1.0, "init": "paired"}
+#: How a run's weights are initialised (TrainConfig.init).
+INITS = ("paired", "independent")
 #: Training images a two-stage run embeds each epoch as the kNN reference of its validation score.
 KNN_REFERENCE, KNN_K = 2048, 20
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -132,6 +134,11 @@ class TrainConfig:
     class_weights: bool = True
     augment: bool = False
     seed: int = 0
+    # "paired" (default): the initial weights depend on the seed alone, so every loss of a seed starts from
+    # the same model and sees the same batches -- a paired design, where a per-seed difference between two
+    # losses is the loss's effect. "independent": the weights depend on (seed, loss), as in separately run
+    # experiments; the batch order still follows the seed.
+    init: str = "paired"
     # execution settings (not part of the run key)
     device: str = "auto"
     compile: bool = False
@@ -183,6 +190,7 @@ class TrainConfig:
         models.get_arch(self.arch)         # unknown arch -> ValueError listing the valid ones
         losses.build(self.loss, **self.loss_params)  # unknown loss / bad params fail here, not mid-run
         need(self.mode in MODES, f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        need(self.init in INITS, f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         wanted = "classification" if self.mode == "end_to_end" else "embedding"
         need(losses.family(self.loss) == wanted,
              f"mode={self.mode!r} needs a{'n' if wanted == 'embedding' else ''} {wanted} loss, got {self.loss!r} "
@@ -225,6 +233,14 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
+def init_seed(config: TrainConfig) -> int:
+    """The torch seed of a run's initial weights: ``seed`` (paired), or a stable hash of (seed, loss,
+    loss parameters) with ``init="independent"``."""
+    if config.init == "paired":
+        return config.seed
+    return int(artifacts.config_key({"seed": config.seed, "loss": config.loss, "params": config.loss_params}), 16) % 2**31
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -433,7 +449,7 @@ class _Member:
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, num_classes: int,
                  class_weight: Optional[torch.Tensor], input_stats=(0.0, 1.0)):
         self.config, self.run_dir, self.device = config, run_dir, device
-        torch.manual_seed(config.seed)  # initialisation depends on the seed alone
+        torch.manual_seed(init_seed(config))  # the seed alone (paired) or the seed and the loss
         self.model = models.build(config.arch, num_classes, in_chans=1, head=config.head,
                                   dcl_channels=config.dcl_channels, **config.arch_params).to(device)
         self.model.set_input_stats(*input_stats)
