@@ -240,8 +240,10 @@ def delta_forest(tests: pd.DataFrame, source: str, title: str = ""):
         ax.plot(r.delta, yi, "o", mec="C3" if r.significant else "0.25", mfc="C3" if r.significant else "white", ms=6)
     ax.plot([], [], "o", mec="C3", mfc="C3", label=f"Holm p < {tests.attrs.get('alpha', 0.05)}")
     ax.plot([], [], "o", mec="0.25", mfc="white", label="not significant")
-    ax.set_yticks(y, [f"{a} − {b}" for a, b in zip(tests["model_a"], tests["model_b"])])
-    ax.set_xlabel(f"Δ{metric} (A − B) with 95 % interval over seeds × test images")
+    one_b = tests["model_b"].nunique() == 1  # every test against one reference: name it once, in the axis label
+    ax.set_yticks(y, list(tests["model_a"]) if one_b else [f"{a} − {b}" for a, b in zip(tests["model_a"], tests["model_b"])])
+    versus = f"A − {tests['model_b'].iloc[0]}" if one_b else "A − B"
+    ax.set_xlabel(f"Δ{metric} ({versus}) with 95 % interval over seeds × test images")
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     seeds = int(tests["n_seeds"].iloc[0])
