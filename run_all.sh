@@ -25,12 +25,15 @@ Usage: ./run_all.sh [--test] [options]
                        on >= 2 cores, else 1); a notebook waits for those it reads from
   --wait               queue behind another running ./run_all.sh instead of exiting
   --dry-run            print the notebook plan and exit
+  --timeout SECONDS    a notebook cell running longer fails its notebook (default: the profile's
+                       execution_timeout: smoke 600, quick 1800, full 21600; 0 = no limit)
   --ray ADDRESS        train notebook 04's runs on a Ray cluster first (e.g. auto, or
                        head-node:6379); the notebooks then read the finished run folders
   -h, --help           this text
 
 Environment: PYTHON (interpreter used to create .venv, default python3),
-LOSSBENCH_RUNS_DIR, LOSSBENCH_DATA_DIR, LOSSBENCH_FIGURES_DIR (move the output folders).
+LOSSBENCH_RUNS_DIR, LOSSBENCH_DATA_DIR, LOSSBENCH_FIGURES_DIR (move the output folders),
+LOSSBENCH_ROOT (the project folder holding all three; default: this checkout).
 USAGE
 }
 
@@ -59,8 +62,15 @@ bootstrap() {
   have=$(cat .venv/.lossbench-installed 2>/dev/null || true)
   if [ "$want" != "$have" ]; then
     echo "[bootstrap] installing lossbench-cxr and its dependencies into .venv (first time: a few minutes)"
-    .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install --quiet -e ".[test,cluster]"
+    # pip's own output (index and build warnings) goes to a log; it is shown in full only when pip fails.
+    log=.venv/pip-install.log
+    .venv/bin/python -m pip install --upgrade pip >"$log" 2>&1 || true
+    if ! .venv/bin/python -m pip install -e ".[test,cluster]" >>"$log" 2>&1; then
+      cat "$log" >&2
+      echo "[bootstrap] pip install failed (full log above, also in $log)" >&2
+      exit 1
+    fi
+    echo "[bootstrap] installed ($log)"
     echo "$want" > .venv/.lossbench-installed
   fi
 }

@@ -5,6 +5,7 @@ no directory creation, no downloads. Seeds, devices and roots are parameters.
 
 Sub-modules (one job each):
     paths       project folders (data/, runs/, figures/), overridable by env vars
+    logs        the ``lossbench`` logger (``logs.get("data")``); no module prints
     registry    the one registry class behind losses, models, data sources, ...
     artifacts   atomic writes, run keys, safe checkpoint loading
     profiles    named parameter sets: smoke, quick (default), full

@@ -58,6 +58,12 @@ def _test_images(groups: Dict[str, List[Run]], split: str) -> np.ndarray:
     return first.labels(split)
 
 
+def score(run: Run, metric: str, split: str = "test") -> float:
+    """``metric`` of one run on ``split``: from its metrics.json when recorded there, else from its predictions."""
+    recorded = (run.metrics.get(split) or {}).get(metric) if split in ("val", "test") else None
+    return float(recorded) if recorded is not None else float(METRICS.get(metric)(run.labels(split), run.probs(split)))
+
+
 def seed_stack(runs: Sequence[Run], split: str = "test") -> Tuple[np.ndarray, Dict[str, np.ndarray], List[int], str]:
     """``(y, {loss: probs[S, N, K]}, seeds, note)`` over the seeds that EVERY loss has (a paired design).
 
@@ -100,8 +106,7 @@ def loss_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0,
     for label, rs in groups.items():
         row = {"loss": label, "n_seeds": len(rs), "seeds": ",".join(str(r.seed) for r in rs), "n_images": len(y)}
         for m in table_metrics:
-            vals = np.array([(r.metrics.get(split) or {}).get(m, np.nan) for r in rs], dtype=float) \
-                if split in ("val", "test") else np.array([float(METRICS.get(m)(y, r.probs(split))) for r in rs])
+            vals = np.array([score(r, m, split) for r in rs], dtype=float)
             row[f"{m}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan
             row[f"{m}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan
         probs = np.stack([r.probs(split) for r in rs])
@@ -118,7 +123,7 @@ def bars_frame(table: pd.DataFrame, metric: str = "mcc") -> pd.DataFrame:
     """The columns :func:`support.report_plots.metric_bars` reads, from a :func:`loss_table`."""
     out = pd.DataFrame({"loss": table["loss"], "value": table[f"{metric}_mean"]})
     if f"{metric}_lo" in table:
-        out["ci_lo"], out["ci_hi"] = table[f"{metric}_lo"], table[f"{metric}_hi"]
+        out["seeds_images_lo"], out["seeds_images_hi"] = table[f"{metric}_lo"], table[f"{metric}_hi"]
     return out
 
 
@@ -167,7 +172,9 @@ def confirmatory_table(runs: Sequence[Run], family: dict, n_boot: int = 1000, se
 
 def pairwise_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0, metric: str = "mcc") -> pd.DataFrame:
     """Every pair of losses (exploratory): paired seed x image tests, Holm over all pairs."""
-    labels = list(group_by_loss(runs))
+    groups = group_by_loss(runs)
+    mean = {label: np.mean([score(r, metric) for r in rs]) for label, rs in groups.items()}
+    labels = sorted(groups, key=lambda label: -mean[label])  # best first: the matrix reads top-down
     return comparison_table(runs, list(itertools.combinations(labels, 2)), metric, n_boot, seed,
                             family="exploratory")
 
@@ -185,6 +192,34 @@ def display_tests(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         "p": table["p_value"].map("{:.2g}".format), "p (Holm)": table["p_holm"].map("{:.2g}".format),
         "p floor (Holm)": table["p_floor_holm"].map("{:.0g}".format), "MDE (80 %)": table["mde"].map(f),
         "seeds": table["n_seeds"], "verdict": verdict})
+
+
+def findings(tests: pd.DataFrame, digits: int = 3) -> str:
+    """What a test table shows, in Markdown sentences derived from its numbers (nothing hard-coded)."""
+    f = f"{{:.{digits}f}}".format
+    metric = tests.attrs.get("metric", "mcc")
+    n, seeds = tests.attrs.get("n_images", "?"), int(tests["n_seeds"].iloc[0])
+    m, alpha = len(tests), tests.attrs.get("alpha", 0.05)
+    real = tests[~tests["identical"]]
+    sig = real[real["significant"]]
+    out = [f"{m} {tests['family'].iloc[0]} tests on {n} test images and {seeds} seed(s) per loss, Holm over the "
+           f"{m} at α = {alpha}: **{len(sig)} find{'s' if len(sig) == 1 else ''} a difference**."]
+    for r in sig.sort_values("delta", ascending=False).itertuples(index=False):
+        out.append(f"- {r.model_a} − {r.model_b}: Δ{metric} {f(r.delta)} [{f(r.delta_lo)}, {f(r.delta_hi)}], "
+                   f"Holm p = {r.p_holm:.2g}.")
+    rest = real[~real["significant"]]
+    if len(rest):
+        out.append(f"The other {len(rest)} show no difference: their Δ{metric} lie between {f(rest['delta'].min())} "
+                   f"and {f(rest['delta'].max())}, and each could have detected |Δ{metric}| ≥ "
+                   f"{f(rest['mde'].min())}–{f(rest['mde'].max())} (its MDE at 80 % power); a true effect smaller "
+                   "than that can hide in these intervals.")
+    alias = tests[tests["identical"]]
+    if len(alias):
+        out.append("Identical predictions on every seed (the same model under two names): "
+                   + ", ".join(f"{a} = {b}" for a, b in zip(alias["model_a"], alias["model_b"])) + ".")
+    if tests.attrs.get("note"):
+        out.append(f"Note: {tests.attrs['note']}.")
+    return "\n".join(out)
 
 
 def first_seed_predictions(runs: Sequence[Run]) -> Dict[str, Run]:

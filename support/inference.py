@@ -115,7 +115,10 @@ def _ncp_for_power(df: float, alpha: float, power: float) -> float:
         return float(crit + sps.norm.ppf(power))
     # the far tail's share (nct.cdf(-crit)) is < 1e-3 once power matters, and NaN far out: left out
     reach = lambda ncp: sps.nct.sf(crit, df, ncp) - power
-    return float(optimize.brentq(reach, 0.0, crit + 10.0))  # power(crit + 10) ~ 1 at any df >= 1
+    high = crit + 10.0
+    while reach(high) < 0 and high < 1e7:  # few degrees of freedom: heavy tails need a wider bracket
+        high *= 4
+    return float(optimize.brentq(reach, 0.0, high))
 
 
 def minimum_detectable_effect(se, df, alpha: float = 0.05, power: float = 0.8):

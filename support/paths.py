@@ -7,6 +7,12 @@ test can point the kit at another disk without editing code:
     LOSSBENCH_RUNS_DIR     default <project>/runs
     LOSSBENCH_FIGURES_DIR  default <project>/figures
 
+``<project>`` (:func:`project_root`) is ``LOSSBENCH_ROOT`` when set; else this checkout when
+``support`` is imported from one (an editable install, or ``PYTHONPATH``); else, for a plain
+``pip install .`` (the package copied into site-packages), the nearest folder at or above the
+current directory that holds a ``pyproject.toml``, or the current directory itself, so that
+nothing is ever written into site-packages.
+
 Functions (not constants) so that a changed variable is seen at call time.
 Nothing is created at import; callers create what they write into.
 """
@@ -15,12 +21,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+
+
+def _is_checkout(folder: Path) -> bool:
+    """A source checkout of this kit: the package folder beside pyproject.toml (never site-packages)."""
+    return (folder / "pyproject.toml").is_file() and (folder / "support" / "paths.py").is_file()
+
+
+def project_root() -> Path:
+    """The project whose ``data/``, ``runs/`` and ``figures/`` the kit uses (see the module doc)."""
+    value = os.environ.get("LOSSBENCH_ROOT")
+    if value:
+        return Path(value).expanduser().resolve()
+    if _is_checkout(_PACKAGE_PARENT):
+        return _PACKAGE_PARENT
+    here = Path.cwd().resolve()
+    return next((d for d in (here, *here.parents) if (d / "pyproject.toml").is_file()), here)
+
+
+#: :func:`project_root` at import (the notebooks folder, the git SHA); the roots below re-read it per call.
+PROJECT_ROOT = project_root()
 
 
 def _root(env: str, default: str) -> Path:
     value = os.environ.get(env)
-    return Path(value).expanduser().resolve() if value else PROJECT_ROOT / default
+    return Path(value).expanduser().resolve() if value else project_root() / default
 
 
 def data_dir() -> Path:

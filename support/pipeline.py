@@ -17,10 +17,19 @@ notebook starts.
 A lock file (``runs/.run_all.lock``) stops two pipelines from writing the same
 runs folder at once: the second exits at once with a message (or waits, with
 ``--wait``).
+
+The console shows one line per notebook (status, seconds). Each kernel's own
+output (its log lines, warnings, tracebacks) and the output of the training
+done before a per-loss notebook go to ``runs/notebooks/logs/<notebook>.log``,
+which the summary names. A cell that runs longer than the profile's
+``execution_timeout`` (``--timeout``) fails its notebook. The kernels get
+their environment (``PYTHONPATH``, thread counts) passed explicitly: this
+process's own environment is never changed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import sys
@@ -30,6 +39,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import paths, profiles
+from .kernels import describe_failure, kernel_env, kernel_manager_class
 
 NOTEBOOKS_DIR = paths.PROJECT_ROOT / "notebooks"
 PER_LOSS = "04"
@@ -46,6 +56,7 @@ class Job:
     parameters: dict = field(default_factory=dict)
     error: Optional[str] = None
     seconds: float = 0.0
+    log: Optional[Path] = None  # the kernel's stdout/stderr and the pre-training output
     train: bool = False  # a training stage (notebook 04's runs of one seed, fused), not a notebook
 
 
@@ -62,13 +73,23 @@ def notebooks(only: Optional[List[str]] = None) -> List[Path]:
     return found
 
 
+def declared(notebook: Path) -> Optional[set]:
+    """The names a notebook's ``parameters`` cell defines (papermill's own parser); None without one."""
+    import papermill as pm
+
+    names = set(pm.inspect_notebook(str(notebook)))
+    return names or None
+
+
 def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=None) -> List[Job]:
-    """The papermill jobs for a profile, in order."""
+    """The papermill jobs for a profile, in order; each notebook gets only the parameters it declares."""
     p = profiles.get(profile)
     out_dir = paths.runs_dir() / "notebooks"
     common = {"profile": profile, "data": data, "force": force}
     jobs = []
     for nb in notebooks(only):
+        names = declared(nb)
+        mine = {k: v for k, v in common.items() if names is None or k in names}
         if nb.name.startswith(PER_LOSS):
             for seed in (seeds or p["seeds"]):
                 names = list(losses or p["losses"])
@@ -76,9 +97,10 @@ def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=Non
                 jobs.append(Job(nb, stage, {**common, "losses": names, "seed": int(seed)}, train=True))
                 for loss in names:  # force is spent by the training stage; the notebook reads its run
                     out = paths.inside(out_dir, f"{nb.stem}__{loss}__seed{seed}.ipynb")  # a loss is no path
-                    jobs.append(Job(nb, out, {**common, "force": False, "loss": loss, "seed": int(seed)}))
+                    spent = {"force": False} if "force" in mine else {}
+                    jobs.append(Job(nb, out, {**mine, **spent, "loss": loss, "seed": int(seed)}))
         else:
-            jobs.append(Job(nb, out_dir / nb.name, dict(common)))
+            jobs.append(Job(nb, out_dir / nb.name, mine))
     # The training stages first: they are the longest work and 05, 06, 07 and 09 wait for them.
     return [j for j in jobs if j.train] + [j for j in jobs if not j.train]
 
@@ -146,7 +168,12 @@ def train_stage(job: Job) -> None:
         job.error = f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
-def execute(job: Job, kernel: str = "python3") -> Job:
+def execute(job: Job, kernel: str = "python3", env: Optional[dict] = None, timeout: Optional[float] = None) -> Job:
+    """Run one notebook with papermill; a failure is recorded in ``job.error``, never raised.
+
+    ``env``: the kernel's environment (default :func:`kernel_env`); ``timeout``: seconds a cell may run
+    (papermill ``execution_timeout``; None: no limit). The kernel's output goes to ``job.log``.
+    """
     if job.train:
         start = time.perf_counter()
         train_stage(job)
@@ -154,20 +181,22 @@ def execute(job: Job, kernel: str = "python3") -> Job:
         return job
     import papermill as pm
 
-    # The kernels import `support` from this checkout even when it is not pip-installed.
-    path = os.environ.get("PYTHONPATH", "")
-    if str(paths.PROJECT_ROOT) not in path.split(os.pathsep):
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.PROJECT_ROOT), path) if p)
-
     job.output.parent.mkdir(parents=True, exist_ok=True)
+    job.log = job.output.parent / "logs" / f"{job.output.stem}.log"
+    job.log.parent.mkdir(exist_ok=True)
     start = time.perf_counter()
-    if job.notebook.name.startswith(PER_LOSS) and "loss" in job.parameters:
-        pretrain(job)
-    try:
-        pm.execute_notebook(str(job.notebook), str(job.output), parameters=job.parameters, kernel_name=kernel,
-                            cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False)
-    except Exception as exc:  # noqa: BLE001 - report every notebook failure, keep going
-        job.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
+    with open(job.log, "w") as log:
+        if job.notebook.name.startswith(PER_LOSS) and "loss" in job.parameters:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                pretrain(job)
+            log.flush()
+        manager = kernel_manager_class(kernel_env() if env is None else env, log, job.notebook.parent)
+        try:
+            pm.execute_notebook(str(job.notebook), str(job.output), parameters=job.parameters, kernel_name=kernel,
+                                progress_bar=False, log_output=False, execution_timeout=timeout,
+                                kernel_manager_class=manager)
+        except Exception as exc:  # noqa: BLE001 - report every notebook failure, keep going
+            job.error = describe_failure(exc, job.output, timeout)
     job.seconds = time.perf_counter() - start
     return job
 
@@ -185,17 +214,29 @@ def prepare_data(profile: str, data: str, force: bool) -> None:
     print(f"[run_all] data ready in {time.perf_counter() - start:.0f}s: {bundle.source}", flush=True)
 
 
-def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report) -> List[Job]:
+def _init_worker(env: dict) -> None:
+    """A pool worker (a child process of its own) takes the kernels' thread count and wait switch, so
+    that the training it does before a per-loss notebook shares the cores the same way."""
+    from .training import WAIT_ENV
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", WAIT_ENV):
+        if var in env:
+            os.environ[var] = env[var]
+
+
+def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report, timeout: Optional[float] = None) -> List[Job]:
     """Execute ``jobs`` (each after its :func:`dependencies`), ``workers`` at a time; ``report(job)`` after each.
 
     One worker: in this process, in plan order. More: a pool of processes, each kernel with
     :func:`kernel_threads` threads (unless OMP_NUM_THREADS is set). A job whose dependency failed
     still runs (it reports what it lacks); ``fail_fast`` starts nothing after the first failure.
+    ``timeout``: seconds a notebook cell may run (None: no limit).
     """
     if workers <= 1:
         done = []
+        env = kernel_env()
         for job in jobs:
-            done.append(execute(job))
+            done.append(execute(job, env=env, timeout=timeout))
             report(job)
             if job.error and fail_fast:
                 break
@@ -203,21 +244,18 @@ def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report) -> List[Job
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from .training import WAIT_ENV
-
-    os.environ[WAIT_ENV] = "1"  # two notebooks asking for one run: the second waits, then reads it
-    threads = str(kernel_threads(workers))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, threads)  # the kernels inherit it; torch reads OMP_NUM_THREADS
+    # two notebooks asking for one run: the second waits, then reads it
+    env = kernel_env(kernel_threads(workers), wait_for_runs=True)
     needs = dependencies(jobs)
     pending, running, finished, done = list(range(len(jobs))), {}, set(), []
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(env,)) as pool:
         while pending or running:
             stop = fail_fast and any(j.error for j in done)
             ready = [] if stop else [i for i in pending if needs[i] <= finished]
             for i in ready[:workers - len(running)]:
                 pending.remove(i)
-                running[pool.submit(execute, jobs[i])] = i
+                running[pool.submit(execute, jobs[i], "python3", env, timeout)] = i
             if not running:
                 break
             complete, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -272,6 +310,8 @@ def parse_args(argv=None):
                     "cores/jobs threads (default: 2 on >= 2 cores, else 1)")
     ap.add_argument("--wait", action="store_true", help="wait for another running pipeline instead of exiting")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="seconds one notebook cell may "
+                    "run before its notebook fails (default: the profile's execution_timeout; 0: no limit)")
     ap.add_argument("--ray", default="", metavar="ADDRESS", help="train notebook 04's runs on the Ray cluster at "
                     "ADDRESS first (e.g. auto); the notebooks then read the finished run folders")
     return ap.parse_args(argv)
@@ -301,6 +341,8 @@ def check_args(args) -> None:
         raise SystemExit(f"--losses: unknown classification loss(es) {unknown}; valid: {', '.join(valid)}")
     if args.jobs < 1:
         raise SystemExit(f"--jobs {args.jobs}: must be >= 1 (notebooks executed at once)")
+    if args.timeout is not None and args.timeout < 0:
+        raise SystemExit(f"--timeout {args.timeout:g}: must be >= 0 seconds (0: no limit)")
     bad = [x for x in _csv(args.seeds) if not x.lstrip("-").isdigit()]
     if bad:
         raise SystemExit(f"--seeds: {bad} not integer(s); use comma-separated integers, e.g. --seeds 0,1")
@@ -348,23 +390,23 @@ def main(argv=None) -> int:
         return 0
     lock = acquire_lock(args.wait)
     start = time.perf_counter()
-    from tqdm.auto import tqdm
-
     ray_sweep(args, jobs, seeds)
 
     workers = min(args.jobs, len(jobs)) or 1
+    timeout = profiles.get(args.profile)["execution_timeout"] if args.timeout is None else args.timeout
     print(f"[run_all] profile={args.profile} data={args.data} ({name}) notebooks={len(jobs)} "
-          f"jobs={workers} runs={paths.runs_dir()} figures={paths.figures_dir()}")
+          f"jobs={workers} timeout={f'{timeout:g}s per cell' if timeout else 'none'} runs={paths.runs_dir()} "
+          f"figures={paths.figures_dir()}", flush=True)
     prepare_data(args.profile, args.data, args.force)
-    bar = tqdm(total=len(jobs), desc="notebooks", unit="nb")
+    count = 0
 
-    def report(job: Job) -> None:
-        status = "ok" if not job.error else f"FAILED ({job.error})"
-        bar.write(f"[run_all] {job.output.stem}: {status} in {job.seconds:.0f}s")
-        bar.update()
+    def report(job: Job) -> None:  # one line per notebook, as it ends
+        nonlocal count
+        count += 1
+        status = "ok" if not job.error else f"FAILED: {job.error}"
+        print(f"[run_all] {count}/{len(jobs)} {job.output.stem}: {status} ({job.seconds:.0f} s)", flush=True)
 
-    done = run_jobs(jobs, workers, args.fail_fast, report)
-    bar.close()
+    done = run_jobs(jobs, workers, args.fail_fast, report, timeout=timeout or None)
     lock.close()
     failed = [j for j in done if j.error]
     total = time.perf_counter() - start
@@ -376,8 +418,10 @@ def main(argv=None) -> int:
         if j.train:
             print(f"  FAILED training stage {j.output.name}: {j.error} (its notebooks retried the runs)")
             continue
-        print(f"  FAILED {j.notebook.name} {j.parameters}: {j.error}\n         executed copy: {j.output}")
+        print(f"  FAILED {j.notebook.name} {j.parameters}: {j.error}\n         executed copy: {j.output}"
+              f"\n         kernel log:    {j.log}")
     print(f"Executed notebooks: {paths.runs_dir() / 'notebooks'}")
+    print(f"Kernel logs:        {paths.runs_dir() / 'notebooks' / 'logs'}")
     print(f"Run folders:        {paths.runs_dir()}")
     print(f"Report tables:      {paths.report_dir()}")
     print(f"Figures:            {paths.figures_dir()}")

@@ -75,6 +75,7 @@ PROFILES = {
             "variants": NODULE_VARIANTS, "seeds": (0,), "learnability_check": False,
             "n_probe": 128, "n_counterfactual": 24, "n_embed": 128, "embedding": "tsne", "bootstrap": 100,
         },
+        "execution_timeout": 600,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
     "quick": {
         # Test and validation draws sized for the question (generated films cost nothing to score): 6,000
@@ -99,11 +100,14 @@ PROFILES = {
         "confirmatory": CONFIRMATORY,
         # Model-level ensembles (notebooks 06 and 07 share these runs): the merge head trains over frozen,
         # already trained members, so half the members' epochs (cosine over 6, warm-up 2) suffice on 2 cores.
-        "ensembles": {"model_level": {"max_epochs": 6, "start_from_epoch": 2}},
+        # Built for the 2 lowest seeds only (each is a trained run: 10 of them took 8.5 min on 2 cores); the
+        # prediction-level ensembles and the deep-ensemble control use all 5 seeds.
+        "ensembles": {"model_level": {"max_epochs": 6, "start_from_epoch": 2}, "model_level_seeds": 2},
         # Localization (notebook 07; ~3 min on 2 cores, ~40 % of it the shortcut runs): Grad-CAM on 48 test images
         # with lesions, the other methods on fewer (ScoreCAM: one forward pass per channel), ROAD on 4 (a sparse
         # solve per image and percentile); the shortcut experiment adds 2 biased runs (the clean ones are 04's).
-        "localization": {"methods": CAM_METHODS, "n_images": 48,
+        # "seeds": CAMs of the runs of the 2 lowest seeds (the loss comparison of 05 uses all 5).
+        "localization": {"methods": CAM_METHODS, "n_images": 48, "seeds": 2,
                          "method_images": {"gradcam++": 32, "scorecam": 4, "eigencam": 32, "layercam": 32},
                          "threshold_images": 32, "road_images": 4,
                          "road_percentiles": (20, 50, 80), "k": 3, "ensemble_methods": ("average", "weighted"),
@@ -120,6 +124,7 @@ PROFILES = {
             "variants": NODULE_VARIANTS, "seeds": (0, 1, 2), "learnability_check": True,
             "n_probe": 600, "n_counterfactual": 160, "n_embed": 400, "embedding": "tsne", "bootstrap": 1000,
         },
+        "execution_timeout": 1800,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
     "full": {
         "data": {"name": "phantom", "n": 5856, "image_size": 512},
@@ -147,6 +152,7 @@ PROFILES = {
             "seeds": (0, 1, 2, 3, 4), "learnability_check": True,
             "n_probe": 2000, "n_counterfactual": 500, "n_embed": 1000, "embedding": "umap", "bootstrap": 1000,
         },
+        "execution_timeout": 21600,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
 }
 

@@ -176,7 +176,7 @@ def per_loss_tables(runs: Sequence, n_boot: int = 1000) -> List[Table]:
         return []
     source = single_source(runs)
     table = compare.loss_table(runs, n_boot=n_boot)
-    caption = (f"Test metrics per loss (mean ± sd over seeds; 95 % bootstrap CI of the seed mean), "
+    caption = (f"Test metrics per loss (mean ± sd over seeds; {compare.INTERVAL_NOTE}), "
                f"recomputed from {len(runs)} run folders. Data: {source}")
     return [Table("05", "09_losses", compare.display_table(table), caption, "the run folders runs/<key>/", table)]
 
@@ -206,8 +206,8 @@ def _ci(frame: pd.DataFrame, metric: str):
                    ("boot_lo", "boot_hi"), ("ci_lo", "ci_hi")):
         if lo in frame and hi in frame:
             return _numbers(frame[lo]), _numbers(frame[hi])
-    text = f"{metric} 95% CI"
-    if text in frame:
+    text = next((c for c in (f"{metric} 95% CI (seeds × images)", f"{metric} 95% CI") if c in frame), None)
+    if text:
         pairs = frame[text].astype(str).str.findall(r"-?\d+(?:\.\d+)?")
         return (np.array([float(p[0]) if len(p) == 2 else np.nan for p in pairs]),
                 np.array([float(p[1]) if len(p) == 2 else np.nan for p in pairs]))

@@ -17,7 +17,7 @@ from . import metrics as metrics_mod
 from .plots import titled
 
 _LABEL_COLS = ("model", "loss", "ensemble", "name", "arch")
-_CI_COLS = (("boot_lo", "boot_hi"), ("ci_lo", "ci_hi"), ("wald_lo", "wald_hi"))
+_CI_COLS = (("seeds_images_lo", "seeds_images_hi"), ("boot_lo", "boot_hi"), ("ci_lo", "ci_hi"), ("wald_lo", "wald_hi"))
 
 
 def _plt():
@@ -80,7 +80,8 @@ def metric_bars(table: pd.DataFrame, metric: str, source: str, label_col: Option
     for i, x in enumerate(v):
         ax.annotate(f"{x:.3f}", (x, i), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
     ax.set_yticks(np.arange(len(v)), df["_label"])
-    kind = {"boot": "bootstrap interval", "ci": "t-interval over seeds", "wald": "Wald interval (paper's)"}
+    kind = {"seeds_images": "95 % interval over seeds × test images", "boot": "bootstrap interval",
+            "ci": "t-interval over seeds", "wald": "Wald interval (paper's)"}
     ax.set_xlabel(metric + (f"   (bars: {kind.get(lo_col[:-3], lo_col + ' to ' + hi_col)})" if lo_col else ""))
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(titled(f"{metric} per model, best on top{'' if better_high else ' (lower is better)'}", source))
@@ -184,13 +185,16 @@ def training_curves(logs: Dict[str, pd.DataFrame], source: str, metrics: Optiona
     return fig
 
 
-def pvalue_matrix(pairwise_df: pd.DataFrame, source: str, p_col: str = "p_bootstrap_holm"):
+def pvalue_matrix(pairwise_df: pd.DataFrame, source: str, p_col: Optional[str] = None):
     """Heatmap of Holm-adjusted p per pair (dark = small); cells show Δ(row − column) and p.
 
-    ``pairwise_df`` is :func:`support.stats.pairwise_comparisons`' table; ``*`` marks p < alpha.
+    ``pairwise_df`` is :func:`support.compare.pairwise_table`'s (column ``p_holm``, the default) or
+    :func:`support.stats.pairwise_comparisons`' (``p_bootstrap_holm``); ``*`` marks p < alpha.
     """
     import seaborn as sns
 
+    if p_col is None:
+        p_col = "p_holm" if "p_holm" in pairwise_df.columns else "p_bootstrap_holm"
     if p_col not in pairwise_df.columns:
         raise ValueError(f"pairwise_df has no column {p_col!r}; columns: {list(pairwise_df.columns)}")
     metric = pairwise_df.attrs.get("metric", "metric")
@@ -210,6 +214,41 @@ def pvalue_matrix(pairwise_df: pd.DataFrame, source: str, p_col: str = "p_bootst
                 xticklabels=names, yticklabels=names, ax=ax, annot_kws={"fontsize": 8},
                 cbar_kws={"label": f"{p_col} (Holm-adjusted)" if "holm" in p_col else p_col})
     ax.set(xlabel="column model", ylabel="row model")
-    ax.set_title(titled(f"Pairwise Δ{metric} (row − column) and p; * = p < {alpha}", source))
+    family = pairwise_df.attrs.get("family", "")
+    ax.set_title(titled(f"Pairwise Δ{metric} (row − column) and Holm p{f', {family} tests' if family else ''}; "
+                        f"* = p < {alpha}", "\n" + source if source else ""))
     fig.tight_layout()
+    return fig
+
+
+def delta_forest(tests: pd.DataFrame, source: str, title: str = ""):
+    """Paired differences A − B with their intervals, one row per test, each over a grey band of ±its MDE.
+
+    ``tests`` is a :func:`support.compare.comparison_table`. Red filled markers: Holm-significant;
+    open: not. The band is the smallest |difference| that row's test detects with 80 % power: an
+    interval inside its band means "no effect of that size", not "no effect".
+    """
+    plt = _plt()
+    metric = tests.attrs.get("metric", tests["metric"].iloc[0] if "metric" in tests else "metric")
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(tests) + 2.0))
+    y = np.arange(len(tests))[::-1]
+    ax.barh(y, 2 * tests["mde"].to_numpy(float), left=-tests["mde"].to_numpy(float), height=0.6, color="0.88",
+            zorder=0, label="±MDE of the test (80 % power)")
+    ax.axvline(0, color="0.3", lw=0.8)
+    for yi, r in zip(y, tests.itertuples(index=False)):
+        ax.plot([r.delta_lo, r.delta_hi], [yi, yi], color="0.25", lw=1.4)
+        ax.plot(r.delta, yi, "o", mec="C3" if r.significant else "0.25", mfc="C3" if r.significant else "white", ms=6)
+    ax.plot([], [], "o", mec="C3", mfc="C3", label=f"Holm p < {tests.attrs.get('alpha', 0.05)}")
+    ax.plot([], [], "o", mec="0.25", mfc="white", label="not significant")
+    one_b = tests["model_b"].nunique() == 1  # every test against one reference: name it once, in the axis label
+    ax.set_yticks(y, list(tests["model_a"]) if one_b else [f"{a} − {b}" for a, b in zip(tests["model_a"], tests["model_b"])])
+    versus = f"A − {tests['model_b'].iloc[0]}" if one_b else "A − B"
+    ax.set_xlabel(f"Δ{metric} ({versus}) with 95 % interval over seeds × test images")
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    seeds = int(tests["n_seeds"].iloc[0])
+    head = title or (f"Paired Δ{metric}, {tests.attrs.get('family', '')} tests, Holm over {len(tests)} "
+                     f"({seeds} seeds, {tests.attrs.get('n_images', '?')} test images)")
+    ax.set_title(titled(head, "\n" + source if source else ""), fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig

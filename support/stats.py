@@ -12,7 +12,8 @@ resample within strata. It is fast for the label metrics (accuracy, MCC,
 kappa, weighted precision/recall/F1): all resamples' confusion matrices come
 from one ``bincount`` and the metric from numpy formulas (checked against
 scikit-learn in the tests); AUROC / AUPRC weight one sorted copy of the
-scores by each resample's draw counts; Brier and log-loss average per-sample
+scores by each resample's draw counts; ECE, MCE and classwise ECE sum each
+bin's drawn gaps with one matrix product; Brier and log-loss average per-sample
 terms; any other metric calls :data:`support.metrics.METRICS` once per resample.
 """
 from __future__ import annotations
@@ -160,10 +161,44 @@ _RANKING = {"auroc_micro": ("auroc", "micro"), "auroc_macro": ("auroc", "macro")
             "auprc_micro": ("ap", "micro"), "auprc_macro": ("ap", "macro")}
 
 
+def _draw_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """``float[B, N]``: how often each item was drawn in each resample (a resample = a weighting)."""
+    b = len(idx)
+    return np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def _bin_sums(w: np.ndarray, bins: np.ndarray, values: np.ndarray, n_bins: int):
+    """Per resample and bin: drawn count and drawn sum of ``values`` (``w[B, N]`` from :func:`_draw_counts`)."""
+    onehot = np.zeros((len(bins), n_bins))
+    onehot[np.arange(len(bins)), bins] = 1.0
+    return w @ onehot, w @ (onehot * values[:, None])
+
+
+def _binned_boot(y, p, idx, metric: str, n_bins: int = 15) -> np.ndarray:
+    """ECE, MCE and classwise ECE of every resample at once (same binning as support.metrics)."""
+    w, n = _draw_counts(idx, len(y)), len(y)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    to_bin = lambda x: np.clip(np.searchsorted(edges, x, side="left") - 1, 0, n_bins - 1)
+    if metric == "classwise_ece":
+        total = sum(np.abs(_bin_sums(w, to_bin(p[:, c]), (y == c) - p[:, c], n_bins)[1]).sum(1) for c in range(p.shape[1]))
+        return total / (n * p.shape[1])
+    conf = p.max(1)
+    counts, gap = _bin_sums(w, to_bin(conf), (p.argmax(1) == y) - conf, n_bins)
+    if metric == "ece":
+        return np.abs(gap).sum(1) / n
+    with np.errstate(invalid="ignore", divide="ignore"):  # mce: the worst non-empty bin
+        return np.nanmax(np.where(counts > 0, np.abs(gap) / counts, np.nan), axis=1)
+
+
+_BINNED = ("ece", "mce", "classwise_ece")
+
+
 def bootstrap_values(y, p, metric: str, idx: np.ndarray) -> np.ndarray:
     """The metric on every resample ``idx[b]``: ``float[B]``."""
-    width = len(y) * (p.shape[1] if metric in _RANKING else 1)
+    width = len(y) * (p.shape[1] if metric in _RANKING or metric in _BINNED else 1)
     chunks = np.array_split(idx, max(1, len(idx) * width // 1_000_000))  # bound memory for large N
+    if metric in _BINNED:
+        return np.concatenate([_binned_boot(y, p, c, metric) for c in chunks])
     if metric in FROM_CONFUSION:
         return np.concatenate([FROM_CONFUSION[metric](batched_confusion(y, p.argmax(1), c, p.shape[1]))
                                for c in chunks])

@@ -54,6 +54,9 @@ from tqdm.auto import tqdm
 
 from . import paths, profiles, training
 from .training import TrainConfig
+from . import logs
+
+log = logs.get("sweep")
 
 #: Registry of backends (one source of truth for the CLI choices and error messages).
 BACKENDS = ("local", "ray")
@@ -233,7 +236,7 @@ def run(grid: Union[dict, str, os.PathLike, Sequence[TrainConfig]], backend: str
     todo, done = (list({c.key(): c for c in configs}.values()), []) if force else split_finished(configs, root)
     start = time.perf_counter()
     if progress:
-        print(f"[sweep] {len(configs)} configs: {len(done)} already finished, {len(todo)} to train "
+        log.info(f"{len(configs)} configs: {len(done)} already finished, {len(todo)} to train "
               f"on {backend} -> {root}")
     if todo:
         if backend == "local":
@@ -335,7 +338,9 @@ def unpack_run(data: bytes, run_dir: Path) -> Path:
         if bad:
             shutil.rmtree(staging)
             raise ValueError(f"packed run for {run_dir.name} holds unexpected entries {bad}; refusing to unpack")
-        tar.extractall(staging)
+        # filter="data" (Python >= 3.12, 3.11.4, 3.10.12): no links, devices or paths outside staging
+        # on top of the check above; the default of 3.14. Older Pythons rely on that check alone.
+        tar.extractall(staging, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     if not (staging / "metrics.json").exists():
         shutil.rmtree(staging)
         raise training.TrainingError(f"packed run for {run_dir.name} has no metrics.json (unfinished); not written")
@@ -382,13 +387,13 @@ def main(argv=None) -> int:
         pending = {c.key() for c in todo}
         for c in configs:
             state = "to train" if c.key() in pending or args.force else "finished"
-            print(f"{c.key()}  {state:9s} loss={c.loss} seed={c.seed} arch={c.arch} data={c.data}")
+            log.info(f"{c.key()}  {state:9s} loss={c.loss} seed={c.seed} arch={c.arch} data={c.data}")
         return 0
     gpus = [int(g) for g in args.gpus.split(",") if g.strip()] or None
     result = run(configs, args.backend, runs_dir=args.runs_dir, force=args.force, workers=args.workers,
                  gpus=gpus, address=args.address, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
                  max_retries=args.max_retries, shared_fs=not args.no_shared_fs)
-    print(f"[sweep] {result!r}")
+    log.info(repr(result))
     return 0
 
 

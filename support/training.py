@@ -63,12 +63,17 @@ from . import artifacts, fused, losses, models, paths
 from .data import load as load_data
 from .data.core import resolve_params, source_version
 from .losses._checks import DeferredChecks, NonFiniteError, deferred
+from . import logs
+
+log = logs.get("train")
 
 MONITORS = {"val_mcc": "max", "val_accuracy": "max", "val_loss": "min", "val_nll": "min"}
 #: How a loss trains the model (TrainConfig.mode; see _Member.outputs / compute_loss).
 MODES = ("end_to_end", "two_stage", "joint")
 #: Fields added after runs existed: left out of the run key while at their default, so older keys stay valid.
-_KEY_OPTIONAL = {"mode": "end_to_end", "metric_weight": 1.0}
+_KEY_OPTIONAL = {"mode": "end_to_end", "metric_weight": 1.0, "init": "paired"}
+#: How a run's weights are initialised (TrainConfig.init).
+INITS = ("paired", "independent")
 #: Training images a two-stage run embeds each epoch as the kNN reference of its validation score.
 KNN_REFERENCE, KNN_K = 2048, 20
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -136,6 +141,11 @@ class TrainConfig:
     class_weights: bool = True
     augment: bool = False
     seed: int = 0
+    # "paired" (default): the initial weights depend on the seed alone, so every loss of a seed starts from
+    # the same model and sees the same batches -- a paired design, where a per-seed difference between two
+    # losses is the loss's effect. "independent": the weights depend on (seed, loss), as in separately run
+    # experiments; the batch order still follows the seed.
+    init: str = "paired"
     # execution settings (not part of the run key)
     device: str = "auto"
     compile: bool = False
@@ -192,6 +202,7 @@ class TrainConfig:
         models.get_arch(self.arch)         # unknown arch -> ValueError listing the valid ones
         losses.build(self.loss, **self.loss_params)  # unknown loss / bad params fail here, not mid-run
         need(self.mode in MODES, f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        need(self.init in INITS, f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         wanted = "classification" if self.mode == "end_to_end" else "embedding"
         need(losses.family(self.loss) == wanted,
              f"mode={self.mode!r} needs a{'n' if wanted == 'embedding' else ''} {wanted} loss, got {self.loss!r} "
@@ -234,6 +245,14 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
+def init_seed(config: TrainConfig) -> int:
+    """The torch seed of a run's initial weights: ``seed`` (paired), or a stable hash of (seed, loss,
+    loss parameters) with ``init="independent"``."""
+    if config.init == "paired":
+        return config.seed
+    return int(artifacts.config_key({"seed": config.seed, "loss": config.loss, "params": config.loss_params}), 16) % 2**31
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -296,7 +315,7 @@ def run_lock(run_dir: Path, wait: Optional[bool] = None):
         if not wait:
             fh.close()
             raise RunLocked(f"{run_dir} is being written by another process; wait for it or stop it") from None
-        print(f"[train] {run_dir} is being trained by another process; waiting for it", flush=True)
+        log.info(f"{run_dir} is being trained by another process; waiting for it")
         fcntl.flock(fh, fcntl.LOCK_EX)
     try:
         yield
@@ -491,7 +510,7 @@ class _Member:
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, num_classes: int,
                  class_weight: Optional[torch.Tensor], input_stats=(0.0, 1.0)):
         self.config, self.run_dir, self.device = config, run_dir, device
-        torch.manual_seed(config.seed)  # initialisation depends on the seed alone
+        torch.manual_seed(init_seed(config))  # the seed alone (paired) or the seed and the loss
         self.model = models.build(config.arch, num_classes, in_chans=1, head=config.head,
                                   dcl_channels=config.dcl_channels, **config.arch_params).to(device)
         self.model.set_input_stats(*input_stats)
@@ -619,7 +638,7 @@ def _compiled(model):
     try:
         compiled = torch.compile(model)
     except Exception as exc:  # noqa: BLE001 - any backend failure means: run eager
-        print(f"[train] torch.compile unavailable ({type(exc).__name__}); running eager")
+        log.warning(f"torch.compile unavailable ({type(exc).__name__}); running eager")
         return model
     state = {"fn": compiled}
 
@@ -629,7 +648,7 @@ def _compiled(model):
         except Exception as exc:  # noqa: BLE001
             if state["fn"] is model:
                 raise
-            print(f"[train] torch.compile failed at first call ({type(exc).__name__}: {str(exc)[:120]}); eager")
+            log.warning(f"torch.compile failed at first call ({type(exc).__name__}: {str(exc)[:120]}); eager")
             state["fn"] = model
             return model(x)
 
@@ -748,9 +767,9 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
             if not force and (work / "last.pt").exists():
                 try:
                     m.restore(artifacts.load_state(work / "last.pt", map_location=device))
-                    print(f"[train] resuming {c.loss} (seed {c.seed}) at epoch {m.next_epoch} from {work / 'last.pt'}")
+                    log.info(f"resuming {c.loss} (seed {c.seed}) at epoch {m.next_epoch} from {work / 'last.pt'}")
                 except artifacts.ArtifactError as exc:
-                    print(f"[train] cannot resume ({exc}); starting {work} from scratch")
+                    log.warning(f"cannot resume ({exc}); starting {work} from scratch")
             info = {"config": dataclasses.asdict(c), "experiment": c.experiment(), "key": c.key(),
                     "git_sha": git_sha(), "torch": torch.__version__, "device": str(device),
                     "precision": "bf16" if amp else "fp32", "fused": bool(c.fuse),
@@ -852,7 +871,7 @@ def _fail(m: _Member, epoch: int, what: str) -> None:
                f"run stopped, its folder {m.run_dir} keeps the last good checkpoint. "
                "Lower the learning rate or check the loss parameters")
     artifacts.write_json(m.run_dir / "error.json", {"error": m.error, "epoch": epoch})
-    print(f"[train] {m.error}")
+    log.error(m.error)
 
 
 def _end_epoch(m: _Member, epoch: int, x_val, y_val, k: int, amp: bool, seconds: float,

@@ -46,3 +46,15 @@ def test_temperature_scaling_recovers_the_temperature_and_lowers_nll_and_ece():
     assert metrics.METRICS.get("log_loss")(y, fixed) < metrics.METRICS.get("log_loss")(y, over)
     assert metrics.METRICS.get("ece")(y, fixed) < 0.02 < metrics.METRICS.get("ece")(y, over)
     assert calibration.scale(over, 1.0) == pytest.approx(over)
+
+
+@pytest.mark.parametrize("metric", ["ece", "mce", "classwise_ece", "adaptive_ece"])
+def test_vectorised_bootstrap_of_the_binned_measures_equals_the_metric_on_each_resample(metric):
+    from support import stats
+
+    rng = np.random.default_rng(2)
+    y, p = rng.integers(0, 3, 400), rng.dirichlet([2, 1, 1], 400)
+    idx = stats.resample_indices(y, 25, seed=1)
+    fast = stats.bootstrap_values(y, p, metric, idx)
+    slow = np.array([metrics.METRICS.get(metric)(y[i], p[i]) for i in idx])
+    assert fast == pytest.approx(slow, abs=1e-12)

@@ -185,11 +185,17 @@ def test_tables_and_paired_tests_over_seeds(tmp_path):
     assert {r.seed for r in res} == {0, 1}
     long = ensembles.metrics_table(res, n_boot=200)
     assert set(long["n_seeds"]) == {2} and set(long["metric"]) == set(ensembles.TABLE_METRICS)
-    assert (long["boot_lo"] <= long["boot_hi"]).all()
+    assert (long["seeds_images_lo"] <= long["value"]).all() and (long["value"] <= long["seeds_images_hi"]).all()
     assert ensembles.wide_table(long).shape[0] == 5
-    tests = ensembles.paired_tests(res, n_boot=200)
-    assert len(tests) == 2 * 4 and (tests["model_b"] == ensembles.BEST_SINGLE).all()
-    assert (tests["p_bootstrap_holm"] >= tests["p_bootstrap"]).all()
+    tests = ensembles.paired_tests(res, n_boot=200)  # 4 ensembles, each paired over both seeds
+    assert len(tests) == 4 and (tests["model_b"] == ensembles.BEST_SINGLE).all() and (tests["n_seeds"] == 2).all()
+    assert (tests["p_holm"] >= tests["p_value"]).all() and (tests["p_floor_holm"] <= 0.05 / 4).all()
+    control = ensembles.deep_ensemble(rs, loss="loss2", k=2)  # loss2: seeds 0 and 1 averaged
+    assert np.allclose(control.test_probs, np.mean([r.probs() for r in rs if r.loss == "loss2"], axis=0))
+    vs_control = ensembles.paired_tests(res + [control], reference=control.name, n_boot=200)
+    assert len(vs_control) == 5 and "own seed noise" in vs_control.attrs["note"]  # the best single model too
+    with pytest.raises(ensembles.EnsembleError, match="needs 3 seeds of 'loss2'"):
+        ensembles.deep_ensemble(rs, loss="loss2", k=3)
     leaky = ensembles.metrics_table(ensembles.build_ensembles(rs, ks=(2, 3), methods=["average", "weighted"],
                                                               model_level=False, fit_on="test"), n_boot=200)
     table = ensembles.leak_table(long, leaky)
@@ -198,8 +204,21 @@ def test_tables_and_paired_tests_over_seeds(tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 def test_k_larger_than_runs_names_the_runs(members):
-    with pytest.raises(EnsembleError, match=r"top-7 needs 7 finished runs, only 5 available: .*run0.*run4"):
+    with pytest.raises(EnsembleError, match=r"top-7 needs 7 distinct finished runs, only 5 available: .*run0.*run4"):
         ensembles.select_top_k(members, 7)
+
+
+def test_members_with_identical_predictions_count_once(members, tmp_path):
+    best = ensembles.rank_runs(members)["run"][0]
+    alias = fake_run(tmp_path, "alias", best.labels("val"), best.labels("test"), best.probs("val"), best.probs("test"),
+                     loss="kld")  # the same model under another name (kld = cce for one-hot targets)
+    flags = ensembles.rank_runs(members + [alias]).set_index("key")["alias_of"]
+    assert sorted([flags[best.key], flags["alias"]]) == sorted(["", best.label if flags["alias"] else "kld"])
+    top = ensembles.select_top_k(members + [alias], 3)
+    assert len({r.key for r in top} & {best.key, "alias"}) == 1  # the pair fills one place, not two
+    assert len(top) == 3 and len({r.label for r in top}) == 3
+    with pytest.raises(EnsembleError, match=r"aliases counted once: kld = "):
+        ensembles.select_top_k(members + [alias], 6)
 
 
 def test_members_on_different_data_or_class_orders_are_refused(members, tmp_path):
@@ -310,3 +329,26 @@ def test_model_level_refuses_members_of_different_image_size(trained, tmp_path):
     artifacts.write_json(odd / "config.json", info)
     with pytest.raises(EnsembleError, match=r"must share image_size.*odd.*48"):
         ensembles.model_level_config([members[0], runs.Run(odd)])
+
+
+def test_stacking_heldout_score_is_nested_cross_validation():
+    """``heldout_log_loss`` = sklearn's own nested CV: cross_val_predict over a LogisticRegressionCV, so no
+    outer fold is scored by a model whose C search saw it; C is LogisticRegressionCV's on all the data."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from support.ensembles.stacking import _plain_l2  # only silences sklearn >= 1.8's FutureWarnings
+
+    rng = np.random.default_rng(5)
+    y = np.arange(90) % 3
+    P = [noisy_probs(y, 0.8, rng), noisy_probs(y, 0.4, rng)]
+    ens = ensembles.fit("stacking", P, y, cv=3, seed=0)
+    X = np.log(np.clip(np.stack(P), 1e-12, 1)).transpose(1, 0, 2).reshape(len(y), -1)
+    search = LogisticRegressionCV(Cs=list(np.logspace(-3, 3, 13)), cv=StratifiedKFold(3, shuffle=True, random_state=0),
+                                  scoring="neg_log_loss", max_iter=5000, **_plain_l2())
+    outer = StratifiedKFold(3, shuffle=True, random_state=1)
+    nested = cross_val_predict(search, X, y, cv=outer, method="predict_proba")
+    assert ens.info["heldout_log_loss"] == pytest.approx(log_loss(y, nested), rel=1e-6)
+    assert ens.info["C"] == pytest.approx(np.ravel(search.fit(X, y).C_)[0])
+    assert "cv_log_loss" not in ens.info  # the selection-biased score is not reported

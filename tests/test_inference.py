@@ -37,10 +37,10 @@ def _seeds(rng, shift=0.0):
 def test_interval_covers_the_true_accuracy_93_to_97_percent():
     rng = np.random.default_rng(0)
     hits = []
-    for i in range(800):
+    for i in range(600):
         y, u = _draw(rng)
         row = inference.model_intervals(y, {"m": _models(y, u, _seeds(rng), rng)}, metric="accuracy",
-                                        n_boot=200, seed=i).iloc[0]
+                                        n_boot=100, seed=i).iloc[0]
         hits.append(row["lo"] <= TAU <= row["hi"])
     assert 0.93 <= np.mean(hits) <= 0.97, np.mean(hits)
 
@@ -49,10 +49,10 @@ def test_image_only_interval_undercovers_when_seeds_vary():
     """The old interval (test images resampled for fixed seeds) leaves seed noise out: it fails here."""
     rng = np.random.default_rng(1)
     hits = []
-    for i in range(300):
+    for i in range(200):
         y, u = _draw(rng)
         row = inference.model_intervals(y, {"m": _models(y, u, _seeds(rng), rng)}, metric="accuracy",
-                                        n_boot=200, seed=i).iloc[0]
+                                        n_boot=100, seed=i).iloc[0]
         assert row["se_seed"] > 0 and row["se_image"] > 0
         half = 1.96 * row["se_image"]
         hits.append(abs(row["estimate"] - TAU) <= half)
@@ -62,10 +62,10 @@ def test_image_only_interval_undercovers_when_seeds_vary():
 def test_paired_test_rejects_about_5_percent_without_a_difference():
     rng = np.random.default_rng(2)
     rejected = []
-    for i in range(600):
+    for i in range(500):
         y, u = _draw(rng)  # both losses scored on the same test images
         probs = {"a": _models(y, u, _seeds(rng), rng), "b": _models(y, u, _seeds(rng), rng)}
-        t = inference.paired_tests(y, probs, [("a", "b")], metric="accuracy", n_boot=200, seed=i)
+        t = inference.paired_tests(y, probs, [("a", "b")], metric="accuracy", n_boot=100, seed=i)
         rejected.append(t["p_value"].iloc[0] < 0.05)
     assert 0.03 <= np.mean(rejected) <= 0.075, np.mean(rejected)
 
@@ -76,14 +76,14 @@ def test_mde_is_the_difference_found_80_percent_of_the_time():
     def study(rng, i, delta):
         y, u = _draw(rng)
         probs = {"a": _models(y, u, _seeds(rng, delta), rng), "b": _models(y, u, _seeds(rng), rng)}
-        return inference.paired_tests(y, probs, [("a", "b")], metric="accuracy", n_boot=200, seed=i).iloc[0]
+        return inference.paired_tests(y, probs, [("a", "b")], metric="accuracy", n_boot=100, seed=i).iloc[0]
 
     rng = np.random.default_rng(3)
     null = [study(rng, i, 0.0) for i in range(150)]
     true_se = np.std([r["delta"] for r in null])  # the spread of the estimate over simulated studies
     true_mde = float(inference.minimum_detectable_effect(true_se, N_SEEDS - 1))
     assert 0.7 * true_mde <= np.median([r["mde"] for r in null]) <= 1.1 * true_mde
-    detected = [study(rng, i, true_mde)["p_value"] < 0.05 for i in range(250)]
+    detected = [study(rng, i, true_mde)["p_value"] < 0.05 for i in range(200)]
     assert 0.72 <= np.mean(detected) <= 0.92, (true_mde, np.mean(detected))
 
 

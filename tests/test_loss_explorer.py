@@ -80,3 +80,12 @@ def test_widget_tree_and_status(explorer):
 def test_bad_updates_are_refused(explorer, params, match):
     with pytest.raises(ValueError, match=match):
         explorer.update(**params)
+
+
+def test_the_object_displays_as_its_widget(explorer):
+    """``LossExplorer()`` as the last line of a cell renders the panel (IPython's formatter, as Jupyter calls it)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(explorer)
+    view = data["application/vnd.jupyter.widget-view+json"]
+    assert view["model_id"] == explorer.widget.model_id

@@ -35,6 +35,19 @@ def test_pipeline_succeeds_and_summarises(smoke_pipeline):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def test_console_is_one_line_per_notebook_and_kernel_output_goes_to_logs(smoke_pipeline):
+    """Issue 20: no kernel warnings, papermill parse complaints or progress bars on a normal run."""
+    root, proc = smoke_pipeline
+    head = proc.stdout[:proc.stdout.index("run_all summary")]
+    lines = [line for line in head.splitlines() if line.strip() and not line.startswith("=")]
+    done = [line for line in lines if line.startswith("[run_all] ") and ": ok (" in line]
+    assert len(lines) == len(done) + 2, lines  # + the settings line and "data ready"
+    for noise in ("without encryption", "KeyboardInterrupt", "Unable to parse", "unknown parameter", "it/s]"):
+        assert noise not in proc.stdout + proc.stderr, noise
+    logs = sorted((root / "runs" / "notebooks" / "logs").glob("*.log"))
+    assert len(logs) == len(done) and "Kernel logs:" in proc.stdout
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executed_without_error(smoke_pipeline, nb):
     root, _ = smoke_pipeline
@@ -63,6 +76,17 @@ def test_compare_table_lists_every_smoke_loss(smoke_pipeline):
     table = (root / "runs" / "report" / "05_losses_smoke.csv").read_text()
     for loss in profiles.get("smoke")["losses"]:
         assert loss in table
+    import pandas as pd
+
+    report = root / "runs" / "report"
+    confirm = pd.read_csv(report / "05_confirmatory_smoke.csv")  # the profile's family, with floor and MDE
+    family = profiles.get("smoke")["confirmatory"]["pairs"]
+    assert [tuple(p) for p in confirm[["model_a", "model_b"]].to_numpy()] == [tuple(p) for p in family]
+    assert (confirm["p_floor_holm"] <= 0.05 / len(confirm)).all() and confirm["mde"].notna().all()
+    cal = pd.read_csv(report / "05_calibration_smoke.csv")  # six measures, raw and after temperature scaling
+    assert set(cal["measure"]) == {"ece", "adaptive_ece", "classwise_ece", "mce", "log_loss", "brier"}
+    assert set(cal["scaling"]) == {"none", "temperature"}
+    assert (root / "figures" / "05_confirmatory_smoke.png").exists()
 
 
 def test_nodule_study_table_and_figures(smoke_pipeline):

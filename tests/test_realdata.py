@@ -177,13 +177,19 @@ def test_kermany_strict_raises_on_corrupt_file(kaggle):
 
 def test_kermany_mendeley_layout_and_stratified_val(mendeley):
     b1 = load("kermany", root=str(mendeley), image_size=SIZE, val_split="stratified", val_fraction=0.2,
-              cache=False)
+              cache=False, group_patients=False)
     counts = b1.counts()[list(b1.classes)].to_numpy().tolist()
     assert counts == [[8, 8, 8], [2, 2, 2], [2, 2, 2]]  # 30 * 0.2 = 6 val, 2 per class
     assert all(i.startswith("chest_xray/train/") for i in b1.splits["val"].ids)
     b2 = load("kermany", root=str(mendeley), image_size=SIZE, val_split="stratified", val_fraction=0.2,
-              cache=False)
+              cache=False, group_patients=False)
     assert b1.splits["val"].ids == b2.splits["val"].ids  # seeded
+    # Here each child has a bacterial and a viral film: by default a child is never on both sides.
+    from support.data.halves import patient_groups
+
+    grouped = load("kermany", root=str(mendeley), image_size=SIZE, val_split="stratified", val_fraction=0.2, cache=False)
+    people = [{g for g in patient_groups(grouped.splits[s].ids) if g.startswith("person")} for s in ("train", "val")]
+    assert not people[0] & people[1] and len(grouped.splits["val"]) > len(b1.splits["val"])
 
 
 def test_exif_rotation_applied(tmp_path):
@@ -269,13 +275,41 @@ def test_imagefolder_split_layout(tmp_path):
     assert b.splits["test"].ids[0] == "test/no/0.png"
 
 
+def test_imagefolder_class_order_is_torchvisions(tmp_path):
+    """Integer-named class folders: the same indices as torchvision's ImageFolder ("10" < "2" < "9")."""
+    from torchvision.datasets import ImageFolder
+
+    for c in ("9", "10", "2"):
+        for i in range(10):
+            _jpeg(tmp_path / "ints" / c / f"{i}.png", i)
+    b = load("imagefolder", root=str(tmp_path / "ints"), image_size=SIZE, cache=False)
+    assert list(b.classes) == ImageFolder(str(tmp_path / "ints")).classes == ["10", "2", "9"]
+    for split in b.splits.values():  # every id's label is its folder's torchvision index
+        assert [b.classes[y] for y in split.labels.tolist()] == [i.split("/")[0] for i in split.ids]
+    b = load("imagefolder", root=str(tmp_path / "ints"), image_size=SIZE, cache=False, classes="2,9,10")
+    assert b.classes == ("2", "9", "10")
+    with pytest.raises(ValueError, match=r"classes='2,9' must list each class found exactly once; found 10, 2, 9"):
+        load("imagefolder", root=str(tmp_path / "ints"), image_size=SIZE, cache=False, classes="2,9")
+
+
+def test_verbose_false_silences_builders(tmp_path, capsys):
+    for c in ("a", "b"):
+        for i in range(10):
+            _jpeg(tmp_path / "f" / c / f"{i}.png", i)
+    load("imagefolder", root=str(tmp_path / "f"), image_size=SIZE, cache=False, verbose=False)
+    assert capsys.readouterr().out == ""
+    load("imagefolder", root=str(tmp_path / "f"), image_size=SIZE, cache=False)
+    out = capsys.readouterr().out
+    assert "[data] image folder (local:" in out and "[data] built" in out  # the lossbench.data logger
+
+
 def test_csv_with_and_without_split_column(tmp_path):
     for i in range(8):
         _jpeg(tmp_path / "imgs" / f"{i}.jpg", i)
     rows = [f"imgs/{i}.jpg,{'10' if i % 2 else '2'},{'test' if i >= 6 else 'train'}" for i in range(8)]
     (tmp_path / "with_split.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
     b = load("csv", path=str(tmp_path / "with_split.csv"), image_size=SIZE, val_fraction=0.3)
-    assert b.classes == ("2", "10")  # integer labels sort numerically
+    assert b.classes == ("10", "2")  # string order, as torchvision sorts class folders
     assert b.counts()["total"].tolist() == [4, 2, 2]  # test given; val = ceil(0.3*6) = 2 carved from train
     assert b.splits["test"].ids == ["imgs/6.jpg", "imgs/7.jpg"]
     rows = [f"{tmp_path / 'imgs' / f'{i}.jpg'},{'sick' if i % 2 else 'well'}" for i in range(8)]
@@ -335,3 +369,45 @@ def test_bad_input_names_path_and_fix(tmp_path, case):
         warnings.simplefilter("ignore", SkippedImagesWarning)
         with pytest.raises(error, match=pattern):
             load(name, **params)
+
+
+def test_lossbench_logger_tags_levels_and_hands_over_to_the_root_logger(capsys, caplog):
+    from support import logs
+
+    log = logs.get("data")
+    log.info("plain")
+    log.warning("odd")
+    assert capsys.readouterr().out == "[data] plain\n[data] WARNING: odd\n"
+    logs.propagate()
+    try:
+        with caplog.at_level("INFO", logger="lossbench"):
+            log.info("to your handlers")
+        assert capsys.readouterr().out == "" and "to your handlers" in caplog.text
+    finally:
+        logs.propagate(False)
+
+
+def test_kermany_keeps_a_patients_films_on_one_side(tmp_path):
+    """Two films per child: the paper's name-ordered carve-out can split a child between train and val;
+    group_patients (the default) moves the child's other films to val, and the val halves keep them together."""
+    from support.data.halves import patient_groups
+
+    root = tmp_path / "two_films"
+    for split, n in (("train", 20), ("test", 2)):
+        for i in range(n):
+            _jpeg(root / f"chest_xray/{split}/NORMAL/IM-{i:04d}.jpeg", i)
+            for film in (0, 1):
+                _jpeg(root / f"chest_xray/{split}/PNEUMONIA/person{i}_bacteria_{2 * i + film}.jpeg", 50 + 2 * i + film)
+            _jpeg(root / f"chest_xray/{split}/PNEUMONIA/person{i + 100}_virus_{i}.jpeg", 200 + i)
+
+    def people(split):
+        return {g for g in patient_groups(split.ids) if g.startswith("person")}
+
+    # 40 bacterial films, 7.5 % -> the first 3 names: both films of person0, one of person10
+    plain, _ = _load_recorded("kermany", root=str(root), image_size=SIZE, val_fraction=0.075, group_patients=False)
+    assert people(plain.splits["train"]) & people(plain.splits["val"]) == {"person10"}
+    grouped, _ = _load_recorded("kermany", root=str(root), image_size=SIZE, val_fraction=0.075)
+    assert not people(grouped.splits["train"]) & people(grouped.splits["val"])
+    assert len(grouped.splits["val"]) == len(plain.splits["val"]) + 1  # person10's second film joined val
+    half, groups = grouped.val_half(), patient_groups(grouped.splits["val"].ids)
+    assert all(len(set(half[groups == g])) == 1 for g in set(groups))

@@ -61,8 +61,8 @@ def test_metric_dropdown_changes_the_data_behind_the_plot(panel, runs_dir):
     assert panel.pngs["bars"] != before
     panel.metric.value = "mcc"
     assert dict(zip(panel.bars["loss"], panel.bars["value"])) == pytest.approx(_expected(runs_dir, matthews_corrcoef))
-    assert (panel.bars["boot_lo"] <= panel.bars["value"] + 1e-12).all()
-    assert (panel.bars["value"] <= panel.bars["boot_hi"] + 1e-12).all()
+    assert (panel.bars["seeds_images_lo"] <= panel.bars["value"] + 1e-12).all()
+    assert (panel.bars["value"] <= panel.bars["seeds_images_hi"] + 1e-12).all()
 
 
 def test_loss_seed_and_split_selection(panel, runs_dir):
@@ -84,7 +84,7 @@ def test_every_view_renders_from_the_selection(panel):
     panel.losses.value = ("focal",)
     assert panel.render("confusion") != pngs["confusion"]
     table = panel.render("table").decode()
-    assert "focal" in table and "cce" not in table and "bootstrap" in table
+    assert "focal" in table and "cce" not in table and "seeds × images" in table
 
 
 def test_export_writes_the_table_view(panel, runs_dir):
@@ -92,7 +92,7 @@ def test_export_writes_the_table_view(panel, runs_dir):
     path = panel.export_csv()
     assert path.parent == runs_dir / "report"
     csv = pd.read_csv(path)
-    assert list(csv["loss"]) == list(panel.table["loss"]) and {"ece_mean", "ece_boot_lo", "split"} <= set(csv.columns)
+    assert list(csv["loss"]) == list(panel.table["loss"]) and {"ece_mean", "ece_lo", "split"} <= set(csv.columns)
     assert "exported" in panel.message.value
 
 
@@ -182,3 +182,11 @@ def test_buttons_act_and_show_their_errors_in_the_panel(panel, runs_dir):
     panel.seeds.value = ()
     panel.export_button.click()  # nothing to export: said in the panel, no exception lost in a log
     assert "no table to export" in panel.message.value
+
+
+def test_the_panel_displays_as_its_widget(panel):
+    """``ResultsPanel()`` as the last line of a cell renders the panel (IPython's formatter, as Jupyter calls it)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(panel)
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id

@@ -185,6 +185,25 @@ def test_packed_run_unpacks_atomically(local_runs, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [src.name]  # no staging folder left behind
 
 
+def test_unpack_run_uses_tarfiles_data_filter(tmp_path):
+    """A packed run whose member asks for setuid and world-write lands without them (filter="data")."""
+    import io
+    import stat
+    import tarfile
+
+    if not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no extraction filters (< 3.10.12 / 3.11.4)")
+    buf, body = io.BytesIO(), b'{"ok": 1}'
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("metrics.json")
+        info.size, info.mode = len(body), 0o6777
+        tar.addfile(info, io.BytesIO(body))
+    dest = sweep.unpack_run(buf.getvalue(), tmp_path / "run")
+    mode = (dest / "metrics.json").stat().st_mode
+    assert (dest / "metrics.json").read_bytes() == body
+    assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH), oct(mode)
+
+
 # ----------------------------------------------------------------------------- Ray (slow)
 @pytest.fixture(scope="module")
 def ray_local(folders):

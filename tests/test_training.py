@@ -342,3 +342,20 @@ def test_a_second_writer_waits_then_reuses_the_finished_run(isolated_dirs, tiny_
     holder.close()
     waiter.join(timeout=120)
     assert result["dir"] == d and (d / "metrics.json").stat().st_mtime_ns == finished  # read, not retrained
+
+
+def test_paired_init_shares_weights_across_losses_and_independent_does_not():
+    def first_weights(config):
+        torch.manual_seed(training.init_seed(config))
+        model = models.build(config.arch, 3, in_chans=1, head=config.head, dcl_channels=config.dcl_channels,
+                             **config.arch_params)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    cce, focal = tiny_config(loss="cce"), tiny_config(loss="focal")
+    assert torch.equal(first_weights(cce), first_weights(focal))  # a paired design: one start per seed
+    ind_cce, ind_focal = tiny_config(loss="cce", init="independent"), tiny_config(loss="focal", init="independent")
+    assert not torch.equal(first_weights(ind_cce), first_weights(ind_focal))
+    assert torch.equal(first_weights(ind_cce), first_weights(tiny_config(loss="cce", init="independent")))
+    assert "init" not in cce.experiment() and ind_cce.key() != cce.key()  # old keys stay valid
+    with pytest.raises(ValueError, match="unknown init 'random'"):
+        tiny_config(init="random")

@@ -30,9 +30,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import artifacts, paths
+from .. import artifacts, logs, paths
 from ..registry import Registry
 from .containers import SPLITS, DataBundle, Split
+
+log = logs.get("data")
 
 SOURCES: Registry = Registry("data source")
 _SOURCE_INFO: Dict[str, dict] = {}
@@ -194,14 +196,15 @@ def load(name: str = "phantom", *, cache: bool = True, force: bool = False, verb
             return _read_cache(path, name, resolved)
         except artifacts.ArtifactError as exc:
             if verbose:
-                print(f"[data] cache {path} unreadable ({exc}); rebuilding it")
+                log.warning(f"cache {path} unreadable ({exc}); rebuilding it")
     start = time.perf_counter()
-    bundle = build(**resolved)
+    with logs.quiet("data", enabled=not verbose):  # verbose=False silences the builder too
+        bundle = build(**resolved)
     bundle.name, bundle.params = name, resolved
     if path is not None:
         _write_cache(path, bundle)
     if verbose:
-        print(f"[data] built {bundle!r} in {time.perf_counter() - start:.1f}s")
+        log.info(f"built {bundle!r} in {time.perf_counter() - start:.1f}s")
     return bundle
 
 

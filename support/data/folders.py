@@ -1,7 +1,10 @@
 """Generic local sources ``imagefolder`` and ``csv``, and the helpers every folder source shares.
 
-``imagefolder``: ``root/<class>/<files>`` (class names sorted; files found
-recursively), or ``root/{train,val,test}/<class>/<files>``.
+``imagefolder``: ``root/<class>/<files>`` (files found recursively), or
+``root/{train,val,test}/<class>/<files>``. Class indices follow torchvision's
+``ImageFolder`` (folder names sorted as strings: "10" before "9"), so a model
+trained here agrees with a torchvision pipeline on the same folder; ``classes="b,a"``
+sets another order. ``csv`` orders its labels the same way.
 ``csv``: a CSV with columns ``path,label`` and an optional ``split`` column
 (``train``/``val``/``test``); relative paths are relative to the CSV's folder.
 
@@ -28,6 +31,9 @@ import torch
 from .containers import SPLITS, DataBundle, Split
 from .core import register_source
 from .images import decode_many, files_fingerprint, is_hidden, list_images, report_skipped
+from .. import logs
+
+log = logs.get("data")
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -107,12 +113,17 @@ def assemble(table: pd.DataFrame, classes: Sequence[str], image_size: int, stric
     return splits
 
 
-def _sorted_classes(names) -> List[str]:
-    """Class names sorted; numerically when they are all integers (so "10" follows "9")."""
-    names = sorted(set(names))
-    if all(n.lstrip("-").isdigit() for n in names):
-        names.sort(key=int)
-    return names
+def _sorted_classes(names, order: str, where: str) -> List[str]:
+    """Class names in torchvision ``ImageFolder`` order (plain string sort: "10" before "9"), or in the
+    comma-separated ``order`` when given; ``order`` must name exactly the classes found."""
+    found = sorted(set(names))
+    if not order:
+        return found
+    chosen = [c.strip() for c in order.split(",") if c.strip()]
+    if sorted(chosen) != found or len(set(chosen)) != len(chosen):
+        raise ValueError(f"{where}: classes={order!r} must list each class found exactly once; found "
+                         f"{', '.join(found)}. Pass e.g. classes={','.join(found)!r}, or omit it for that order")
+    return chosen
 
 
 def _split_and_build(table: pd.DataFrame, classes: List[str], given: set, image_size: int,
@@ -127,7 +138,7 @@ def _split_and_build(table: pd.DataFrame, classes: List[str], given: set, image_
         carve(table, val_fraction / (1 - (0 if "test" in given else test_fraction)), seed, "val")
     bundle = DataBundle(classes=tuple(classes), splits=assemble(table, classes, image_size, strict, where),
                         source=source)
-    print(f"[data] {source}: images per split and class\n{bundle.counts().to_string()}")
+    log.info(f"{source}: images per split and class\n{bundle.counts().to_string()}")
     return bundle
 
 
@@ -150,15 +161,17 @@ def _imagefolder_fingerprint(root, **_):
     return files_fingerprint(list_images(root), root)
 
 
-@register_source("imagefolder", version=1, fingerprint=_imagefolder_fingerprint)
+@register_source("imagefolder", version=2, fingerprint=_imagefolder_fingerprint)  # 2: torchvision class order
 def build_imagefolder(root: str, image_size: int = 256, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                      seed: int = 0, strict: bool = False) -> DataBundle:
-    """Images in class folders (see module doc). Classes are the sorted folder names."""
+                      seed: int = 0, strict: bool = False, classes: str = "") -> DataBundle:
+    """Images in class folders (see module doc). Classes: the folder names in torchvision ``ImageFolder``
+    order (string sort), or the comma-separated ``classes``."""
     root = check_root(root, "imagefolder", _IF_HINT)
     check_options(image_size, val_fraction=val_fraction, test_fraction=test_fraction)
     layout = _split_folders(root) or {"train": root}
     folders = {s: _class_folders(d) for s, d in layout.items()}
-    classes = _sorted_classes(c for per_split in folders.values() for c in per_split)
+    order = classes
+    classes = _sorted_classes((c for per_split in folders.values() for c in per_split), order, f"imagefolder {root}")
     if not classes:
         raise ValueError(f"imagefolder: no class folders in {root} (only files); {_IF_HINT}")
     rows = []
@@ -216,15 +229,16 @@ def _csv_fingerprint(path, **_):
             "images": files_fingerprint(table["abs_path"], Path(path).parent)}
 
 
-@register_source("csv", version=1, fingerprint=_csv_fingerprint)
+@register_source("csv", version=2, fingerprint=_csv_fingerprint)  # 2: string-sorted classes
 def build_csv(path: str, image_size: int = 256, val_fraction: float = 0.1, test_fraction: float = 0.2,
-              seed: int = 0, strict: bool = False) -> DataBundle:
-    """Images listed in a CSV ``path,label[,split]`` (see module doc). Classes: sorted label values."""
+              seed: int = 0, strict: bool = False, classes: str = "") -> DataBundle:
+    """Images listed in a CSV ``path,label[,split]`` (see module doc). Classes: the label values sorted as
+    strings (as torchvision sorts folder names), or the comma-separated ``classes``."""
     check_options(image_size, val_fraction=val_fraction, test_fraction=test_fraction)
     csv = _read_table(path)
     folder = Path(path).expanduser().parent
     labels = csv["label"].str.strip()
-    classes = _sorted_classes(labels)
+    classes = _sorted_classes(labels, classes, f"csv {path}")
     table = pd.DataFrame({
         "split": csv["split"] if "split" in csv.columns else "train",
         "label": [classes.index(v) for v in labels],

@@ -51,17 +51,19 @@ def val_halves(labels, ids: Optional[Sequence[str]] = None, seed: int = 0, fit_f
     if n < 4:
         raise ValueError(f"a validation split of {n} images cannot be halved; give the source at least 4 "
                          "validation images (a larger val_fraction or n_val)")
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
     half = np.zeros(n, np.int8)
     groups = patient_groups(ids) if (ids is not None and group_patients) else np.arange(n).astype(str)
+    grouped = len(set(groups)) < n  # some patient has several films
     counts = np.bincount(y)
-    if fit_fraction == 0.5 and counts[counts > 0].min() >= 2:
-        folds = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
-        _, fit = next(folds.split(np.zeros(n), y, groups))
-        half[fit] = 1
-        return half
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    _, fit = train_test_split(np.arange(n), test_size=fit_fraction, stratify=stratify, random_state=seed)
+    stratifiable = counts[counts > 0].min() >= 2
+    if fit_fraction == 0.5 and stratifiable:
+        _, fit = next(StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed).split(np.zeros(n), y, groups))
+    elif grouped:  # groups first, stratification as far as the groups allow
+        _, fit = next(GroupShuffleSplit(n_splits=1, test_size=fit_fraction, random_state=seed).split(np.zeros(n), y, groups))
+    else:
+        _, fit = train_test_split(np.arange(n), test_size=fit_fraction, stratify=y if stratifiable else None,
+                                  random_state=seed)
     half[fit] = 1
     return half

@@ -24,8 +24,14 @@ Validation is then carved from train:
   of them, exactly as Keras ``validation_split`` does: 134 + 253 + 134 = 521.
   The choice is made on file names, before decoding.
 * ``val_split="stratified"``: a seeded stratified random ``val_fraction``
-  (sklearn ``train_test_split``). Note that one child can have several films;
-  neither split keeps a patient's films together.
+  (sklearn ``train_test_split``).
+
+One child can have several films (``personNNN_`` in the file name). With
+``group_patients=True`` (default) a patient with any film in val has all their
+train films moved to val too, so no patient is on both sides (val grows by the
+few films that follows; the published 521 can become a few more). The two
+validation halves keep patients together as well (:mod:`support.data.halves`).
+``group_patients=False`` is the paper's carve-out, exactly.
 
 The counts per split and class are printed, and a :class:`KermanyCountWarning`
 says where they differ from the published ones (train N1349/B2538/V1345, test N234/B242/V148).
@@ -37,12 +43,17 @@ from collections import deque
 from pathlib import Path
 from typing import Dict
 
+import numpy as np
 import pandas as pd
 
+from .halves import patient_groups
 from .containers import CXR_CLASSES, DataBundle
 from .core import register_source
 from .folders import assemble, carve, check_options, check_root
 from .images import files_fingerprint, is_hidden, list_images
+from .. import logs
+
+log = logs.get("data")
 
 #: Published images per class (normal, bacterial, viral): Mendeley v2 train and test folders.
 PUBLISHED = {"train": (1349, 2538, 1345), "test": (234, 242, 148)}
@@ -112,9 +123,17 @@ def _warn_counts(bundle: DataBundle) -> None:
                       "with published numbers", KermanyCountWarning, stacklevel=3)
 
 
-@register_source("kermany", version=1, fingerprint=_fingerprint)
+def _patients_together(table: pd.DataFrame) -> None:
+    """Move every train film of a patient who has a film in val to val (patients from ``personNNN_``)."""
+    groups = patient_groups(table["name"])
+    in_val = set(groups[(table["split"] == "val").to_numpy()])
+    move = (table["split"] == "train").to_numpy() & np.isin(groups, list(in_val))
+    table.loc[move, "split"] = "val"
+
+
+@register_source("kermany", version=2, fingerprint=_fingerprint)
 def build(root: str, image_size: int = 256, val_split: str = "first10", val_fraction: float = 0.1,
-          seed: int = 0, strict: bool = False) -> DataBundle:
+          seed: int = 0, strict: bool = False, group_patients: bool = True) -> DataBundle:
     """The Kermany pediatric CXR set from ``root`` (see module doc); classes normal/bacterial/viral."""
     root_path = check_root(root, "kermany", _HINT)
     check_options(image_size, val_fraction=val_fraction)
@@ -148,11 +167,13 @@ def build(root: str, image_size: int = 256, val_split: str = "first10", val_frac
             table.loc[first, "split"] = "val"
     else:
         carve(table, val_fraction, seed, "val")
+    if group_patients:
+        _patients_together(table)
     bundle = DataBundle(classes=CXR_CLASSES, source=f"Kermany pediatric CXR (local: {root})",
                         splits=assemble(table, CXR_CLASSES, image_size, strict, str(data), skipped))
     merged = (f"; Kaggle val/ ({int((table['folder'] == 'val').sum())} images) merged into train"
               if "val" in splits else "")
-    print(f"[data] Kermany from {data}{merged}; val = {val_split} {val_fraction:g} of train\n"
+    log.info(f"Kermany from {data}{merged}; val = {val_split} {val_fraction:g} of train\n"
           f"{bundle.counts().to_string()}")
     _warn_counts(bundle)
     return bundle

@@ -30,6 +30,9 @@ from PIL import Image
 from .containers import SPLITS, DataBundle, Split
 from .core import register_source
 from .images import files_fingerprint, fit_square, to_uint8
+from .. import logs
+
+log = logs.get("data")
 
 CLASSES = ("normal", "pneumonia")
 KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
@@ -118,5 +121,5 @@ def build(path: str, image_size: int = 0) -> DataBundle:
                           labels=torch.from_numpy(labels), ids=[f"{s}/{i}" for i in range(len(labels))])
     size = "x".join(map(str, splits["train"].images.shape[1:]))
     bundle = DataBundle(classes=CLASSES, splits=splits, source=f"PneumoniaMNIST (local: {path}, {size} px)")
-    print(f"[data] {bundle.source}\n{bundle.counts().to_string()}")
+    log.info(f"{bundle.source}\n{bundle.counts().to_string()}")
     return bundle

@@ -14,10 +14,16 @@ bool ``[N, H, W]`` of the same size. An image whose mask is empty gets NaN
               tied maxima inside the mask, i.e. the chance that a maximum picked
               at random hits; a uniform CAM therefore scores the mask's area
               fraction. No tolerance margin (the original allows 15 px at 224²).
+              Quantus ``PointingGame`` scores ``any(mask[argwhere(cam == max)])``
+              (a hit if ANY tied maximum is inside): equal to ours when the maximum
+              is unique; on ties ours is the expected hit, Quantus's the best case.
 ``energy``    share of the CAM's total mass inside the mask,
               ``sum(cam * mask) / sum(cam)`` (the energy-based pointing game of
               Score-CAM, Wang et al. 2020, with masks instead of boxes). A uniform
-              (or all-zero) CAM scores the mask's area fraction.
+              (or all-zero) CAM scores the mask's area fraction. This is Quantus's
+              ``RelevanceMassAccuracy`` (Arras et al. 2022), ``sum(a*s) / sum(a)``,
+              which is undefined (0/0) for an all-zero CAM where ours gives the area.
+``tests/test_crosschecks.py`` checks both against those definitions.
 ``iou``, ``dice``  overlap of the binarised CAM ``cam >= t * max(cam)`` with the
               mask at relative threshold ``t`` (IoU = |A∩B|/|A∪B|,
               Dice = 2|A∩B|/(|A|+|B|)).

@@ -27,8 +27,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .. import artifacts, paths
+from .. import artifacts, logs, paths
 from ..data.containers import SPLITS, DataBundle, Split
+
+log = logs.get("data")
 
 CROP_DEFAULTS = {"pad": 0.05, "min_area": 0.05, "max_area": 0.95, "min_component": 0.005}
 #: Bump when the crop's output changes: it is part of the crop cache key.
@@ -262,7 +264,7 @@ def lung_crop_source(name: str = "phantom", lung_crop=True, *, runs_dir=None, ca
             bundle = _read_cache(path, name, out_params)
             return bundle
         except artifacts.ArtifactError as exc:
-            print(f"[data] crop cache {path} unreadable ({exc}); rebuilding it")
+            log.warning(f"crop cache {path} unreadable ({exc}); rebuilding it")
     base = load(name, cache=cache, force=force, verbose=verbose, **params)
     if chosen is None:
         missing = [s for s in SPLITS if base.splits[s].lung_masks is None]
@@ -277,5 +279,5 @@ def lung_crop_source(name: str = "phantom", lung_crop=True, *, runs_dir=None, ca
     if cache:
         _write_cache(path, cropped)
         if verbose:
-            print(f"[data] cached lung crop of {base.source} in {path.name}")
+            log.info(f"cached lung crop of {base.source} in {path.name}")
     return cropped

@@ -27,14 +27,17 @@ from typing import Iterable, List, Optional
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from .. import artifacts, paths
+from .. import artifacts, logs, paths
 from ..data import load as load_data
 from ..losses import build as build_loss
 from ..training import (TrainingError, augment_batch, git_sha, is_finished, prepare_batch, resolve_device,
                         run_lock, to_device_images, train_input_stats)
 from .config import RUN_PREFIX, SEG_LOSSES, SegConfig, build_model
 from .metrics import mean_scores, pack_masks
+
+log = logs.get("seg")
 
 EVAL_CHUNK = 32
 
@@ -174,12 +177,15 @@ def train_seg(config: SegConfig, runs_dir=None, force: bool = False, progress: b
         if (work / "last.pt").exists():
             try:
                 st.restore(artifacts.load_state(work / "last.pt", map_location=device))
-                print(f"[seg] resuming {config.loss} at epoch {st.next_epoch} from {work / 'last.pt'}")
+                log.info(f"resuming {config.loss} at epoch {st.next_epoch} from {work / 'last.pt'}")
             except artifacts.ArtifactError as exc:
-                print(f"[seg] cannot resume ({exc}); starting {work} from scratch")
+                log.warning(f"cannot resume ({exc}); starting {work} from scratch")
         artifacts.write_json(work / "config.json", {
             "config": dataclasses.asdict(config), "experiment": config.experiment(), "key": config.key(),
             "git_sha": git_sha(), "torch": torch.__version__, "device": str(device), "data_source": bundle.source})
+        # the classifier's progress bar (support.training): one line per run, not one per epoch
+        bar = tqdm(total=config.max_epochs, initial=st.next_epoch, desc=f"{config.loss} (seed {config.seed})",
+                   disable=not progress, leave=True, unit="epoch")
         while st.next_epoch < config.max_epochs and st.bad_epochs < config.patience:
             epoch, t0 = st.next_epoch, time.perf_counter()
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
@@ -189,6 +195,7 @@ def train_seg(config: SegConfig, runs_dir=None, force: bool = False, progress: b
                 msg = (f"{config.loss}: training loss became {train_loss} in epoch {epoch}; run stopped, {work} "
                        "keeps the last good checkpoint. Lower the learning rate or check the loss parameters")
                 artifacts.write_json(work / "error.json", {"error": msg, "epoch": epoch})
+                bar.close()
                 raise TrainingError(msg)
             row = {"epoch": epoch, "train_loss": train_loss, **_validate(st, loss_fn, config, x_va, m_va),
                    "lr": st.opt.param_groups[0]["lr"], "seconds": seconds}
@@ -204,9 +211,10 @@ def train_seg(config: SegConfig, runs_dir=None, force: bool = False, progress: b
             st.next_epoch = epoch + 1
             artifacts.write_text(work / "log.csv", pd.DataFrame(st.log).to_csv(index=False))
             artifacts.save_state(work / "last.pt", st.state())
-            if progress:
-                print(f"[seg] {config.loss} epoch {epoch}: train {train_loss:.4f}  val {row['val_loss']:.4f}  "
-                      f"val dice {row['val_dice']:.3f}  ({seconds:.1f}s)")
+            bar.update()
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_loss=f"{row['val_loss']:.3f}",
+                            val_dice=f"{row['val_dice']:.3f}")
+        bar.close()
         _finish(st, config, bundle, sets, work, final, device)
     return final
 

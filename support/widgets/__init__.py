@@ -1,4 +1,5 @@
-"""ipywidgets panels. Each panel is a class with a ``.widget`` to display and
+"""ipywidgets panels. Each panel is a class that displays itself (``LossExplorer()`` as the last line
+of a cell; its ipywidgets tree is ``.widget``) and has
 plain methods (``update(**params)``) that work without a display, so that
 tests drive them exactly as a user's slider would.
 

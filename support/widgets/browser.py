@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from .. import paths
+from .. import logs, paths
+
+log = logs.get("browser")
 
 NOTEBOOK = paths.PROJECT_ROOT / "notebooks" / "00_start_here.ipynb"
 TABS = {"confusion": "Confusions", "reliability": "Reliability", "curves": "Training curves",
@@ -161,7 +163,7 @@ def check_panels(server: Server, notebook: str, out_dir: Path, chromium: str, ad
             seen["bars_before"] = _image_ready(page, ".lossbench-view-bars", ms)
             seen["losses"] = page.eval_on_selector_all(".lossbench-losses option", "os => os.map(o => o.value)")
             seen["metrics"] = page.eval_on_selector_all(".lossbench-metric option", "os => os.map(o => o.value)")
-            explorer = page.locator(".jp-Cell").filter(has_text="LossExplorer().widget").locator(".jp-OutputArea")
+            explorer = page.locator(".jp-Cell").filter(has_text="LossExplorer()").locator(".jp-OutputArea")
             page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea img')]"
                                    ".some(i => i.naturalWidth > 0 && !i.classList.contains('lossbench-view-bars'))")
             shot(explorer, "loss_explorer")
@@ -205,15 +207,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     chromium = find_chromium()
     if chromium is None:
-        print("no chromium found: install Debian's package (apt-get install chromium) or set LOSSBENCH_CHROMIUM")
+        log.error("no chromium found: install Debian's package (apt-get install chromium) or set LOSSBENCH_CHROMIUM")
         return 2
     root = Path(tempfile.mkdtemp(prefix="lossbench-ui-"))
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     env = {"LOSSBENCH_RUNS_DIR": str(Path(args.runs_dir).resolve())}
     with jupyterlab(root, env=env) as server:
         seen = check_panels(server, NOTEBOOK.name, Path(args.out), chromium, timeout_s=args.timeout)
-    print("losses:", seen["losses"], "\nmessage:", seen["message"])
-    print("screenshots:", *map(str, seen["screenshots"]), sep="\n  ")
+    log.info(f"losses: {seen['losses']}\nmessage: {seen['message']}\nscreenshots:\n  "
+             + "\n  ".join(map(str, seen["screenshots"])))
     return 0
 
 

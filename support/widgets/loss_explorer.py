@@ -1,6 +1,6 @@
 """Interactive explorer of the classification losses (notebook 03).
 
-    explorer = LossExplorer()        # in a notebook: display ``explorer.widget``
+    explorer = LossExplorer()        # in a notebook: the last line of a cell displays it
     explorer.update(gamma=0.5, losses=["cce", "focal"])   # same as moving the widgets
     explorer.curves.value["focal"]   # the plotted data (numpy arrays)
 
@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from .. import losses as _losses
 from ..losses import curves as _curves
+from .base import Panel
 
 #: Slider key -> (label, min, max, step, start value, loss parameter it sets).
 SLIDERS = {
@@ -33,10 +34,10 @@ SLIDERS = {
 DEFAULT_LOSSES = ("cce", "focal", "hinge", "ls_cce", "cal_cce")
 
 
-class LossExplorer:
+class LossExplorer(Panel):
     """Pick losses and move β, γ, ε, α; the loss and gradient curves update.
 
-    ``.widget`` is the panel; ``.sliders`` (key -> FloatSlider, keys of
+    Displays itself (last line of a cell); ``.widget`` is the panel; ``.sliders`` (key -> FloatSlider, keys of
     :data:`SLIDERS`) and ``.select`` (loss choice) its controls; ``.curves``
     the data last plotted (:class:`support.losses.curves.Curves`);
     ``.figure`` the matplotlib figure; ``.png`` the bytes shown.

@@ -1,13 +1,13 @@
 """Results panel: finished runs side by side, by loss (JupyterLab, ipywidgets 8).
 
-    panel = ResultsPanel()                   # in a notebook: display ``panel.widget``
+    panel = ResultsPanel()                   # in a notebook: the last line of a cell displays it
     panel.update(metric="ece", split="val")  # same as using the controls
     panel.bars                               # the data behind the bar plot
     panel.export_csv()                       # the table view -> runs/report/panel_*.csv
 
 Controls: the experiment (runs sharing data source and training settings
 other than loss and seed), losses, seeds, metric and split. Views: metric per
-loss with 95 % bootstrap CIs of the seed mean (:func:`support.compare.loss_table`),
+loss with 95 % intervals over seeds × test images (:func:`support.compare.loss_table`),
 confusion matrices, reliability diagrams and training curves of each loss's
 lowest selected seed (:mod:`support.report_plots`), the table (exportable to
 CSV), and Grad-CAMs of one chosen test image across losses
@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import artifacts, compare, metrics, paths, report_plots
 from ..runs import Run, find_runs
+from .base import Panel
 
 VIEWS = {"bars": "Metric per loss (CI)", "confusion": "Confusions", "reliability": "Reliability",
          "curves": "Training curves", "table": "Table", "cams": "CAMs"}
@@ -53,10 +54,10 @@ def _experiment_key(run: Run) -> str:
     return f"{run.metrics['data_source']} · {run.metrics['arch']} · {artifacts.config_key(rest, 6)}"
 
 
-class ResultsPanel:
+class ResultsPanel(Panel):
     """Pick losses, seeds, metric and split; every view follows (see module docstring).
 
-    ``.widget`` is the panel. Data behind the views: ``.table`` (one row per
+    Displays itself (last line of a cell); ``.widget`` is the panel. Data behind the views: ``.table`` (one row per
     loss, :func:`support.compare.loss_table` of the selection), ``.bars`` (the
     plotted metric with CI), ``.chosen`` ({"loss · seed s": Run}) and
     ``.pngs`` ({view: PNG bytes last drawn}). ``.message`` tells what is shown
@@ -280,7 +281,8 @@ class ResultsPanel:
             self._cam_default_set = True
         self._say(f"{len(chosen)} finished runs, {len(self.table)} losses, seeds "
                   f"{', '.join(map(str, self.seeds.value))}; <b>{metric}</b> on the <b>{split}</b> split "
-                  f"({n} images); CIs: 95 % stratified bootstrap of the seed mean ({self.n_boot} resamples). "
+                  f"({n} images); CIs: 95 % over seeds × test images (stratified bootstrap, {self.n_boot} resamples, "
+                  "+ seed variance). "
                   f"Data: {html.escape(self.source)}")
         self._draw_visible()
 
