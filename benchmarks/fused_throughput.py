@@ -97,7 +97,8 @@ def _engine(cfgs, threads: int, runs_dir: str) -> dict:
     n = len(bundle.splits["train"])
     return {"images": n * sum(m["epochs_run"] for m in metrics), "runs": len(dirs),
             "step_seconds": sum(m["train_seconds"] for m in metrics), "wall_seconds": wall,
-            "precision": config["precision"], "fused": config["fused"], "threads": threads}
+            "precision": config["precision"], "fused": any(m.get("fused_epochs", 0) for m in metrics),
+            "threads": threads}
 
 
 def _sequential(cfgs, threads: int, runs_dir: str) -> dict:

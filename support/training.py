@@ -563,6 +563,7 @@ class _Member:
         self.loss_sum = torch.zeros((), device=device)
         self.seen = 0
         self.train_seconds = 0.0
+        self.fused_epochs = 0  # epochs this member stepped inside a fused module (support.fused), in metrics.json
 
     def improved(self, score: float) -> bool:
         return score > self.best_score if self.mode == "max" else score < self.best_score
@@ -616,6 +617,7 @@ class _Member:
                 "sched": self.sched.state_dict() if self.sched else {},
                 "next_epoch": self.next_epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs, "active": self.active, "train_seconds": self.train_seconds,
+                "fused_epochs": self.fused_epochs,
                 "log": pd.DataFrame(self.log).to_json(orient="split") if self.log else "",
                 "projection": self.projection.state_dict() if self.projection is not None else {}}
 
@@ -628,6 +630,7 @@ class _Member:
             self.sched.load_state_dict(state["sched"])
         for k in ("next_epoch", "best_score", "best_epoch", "bad_epochs", "active", "train_seconds"):
             setattr(self, k, state[k])
+        self.fused_epochs = state.get("fused_epochs", 0)  # absent from resume states written before fusing
         if state["log"]:
             from io import StringIO
             self.log = pd.read_json(StringIO(state["log"]), orient="split").to_dict("records")
@@ -772,7 +775,7 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
                     log.warning(f"cannot resume ({exc}); starting {work} from scratch")
             info = {"config": dataclasses.asdict(c), "experiment": c.experiment(), "key": c.key(),
                     "git_sha": git_sha(), "torch": torch.__version__, "device": str(device),
-                    "precision": "bf16" if amp else "fp32", "fused": bool(c.fuse),
+                    "precision": "bf16" if amp else "fp32",
                     "data_source": bundle.source, "classes": list(bundle.classes)}
             artifacts.write_json(work / "config.json", info)
             members.append(m)
@@ -801,6 +804,8 @@ def _train_group(configs, dirs, force, progress, data) -> List[str]:
             # Members that can be fused step as one module this epoch (support.fused); the others alone.
             groups, alone = fused.partition(todo) if first.fuse else ([], todo)
             steppers = [fused.FusedStep(g, CHANNELS_LAST, _compiled if first.compile else None) for g in groups]
+            for m in (m for g in groups for m in g):
+                m.fused_epochs += 1
 
             def loss_of(m, out):
                 """Member m's loss on its outputs (None once it diverged); sums its epoch loss on the device."""
@@ -962,7 +967,7 @@ def _finish(m: _Member, bundle, size: int, device, amp: bool, force: bool, image
         "epochs_run": epochs_run, "stopped_early": epochs_run < c.max_epochs, "monitor": c.monitor,
         "best_val_score": m.best_score, "train_seconds": m.train_seconds,
         "train_images_per_second": len(bundle.splits["train"]) * epochs_run / max(m.train_seconds, 1e-9),
-        "device": str(device), "mode": c.mode, **extra, **report,
+        "device": str(device), "mode": c.mode, "fused_epochs": m.fused_epochs, **extra, **report,
     }
     artifacts.write_json(m.run_dir / "metrics.json", summary)  # written last: marks the run finished
     # Only now: a kill or a full disk before this point resumes from last.pt instead of retraining.

@@ -209,8 +209,10 @@ def test_fused_runs_equal_separate_runs(isolated_dirs, tiny_data):
                                 progress=False, runs_dir=isolated_dirs / "alone")
     for a, b in zip(together, alone):
         ra, rb = runs.Run(a), runs.Run(b)
-        assert (ra.config["fused"], rb.config["fused"], ra.config["precision"]) == (True, False, "fp32")
+        assert (ra.config["config"]["fuse"], rb.config["config"]["fuse"], ra.config["precision"]) == (True, False, "fp32")
         assert len(ra.log) == len(rb.log) == ra.config["config"]["max_epochs"]  # per member: 3, 2, 3 epochs
+        # every epoch of every member ran fused (epoch 2: cce and hinge, without the stopped focal run)
+        assert (ra.metrics["fused_epochs"], rb.metrics["fused_epochs"]) == (len(ra.log), 0)
         for col in ("train_loss", "val_nll"):
             np.testing.assert_allclose(ra.log[col], rb.log[col], atol=1e-3)
         np.testing.assert_allclose(ra.probs("test"), rb.probs("test"), atol=1e-3)
