@@ -1,9 +1,10 @@
 """``python -m support.pipeline``: what ``./run_all.sh`` runs after bootstrapping.
 
 Executes the numbered notebooks in order with papermill (executed copies under
-``runs/notebooks/``), ``04_train_one_loss`` once per loss and seed of the
-profile. Before those, one training stage per seed trains that seed's runs of every loss together
-(:func:`train_stage`: ``train_many``, fused); each notebook 04 then reads its run from its folder. A failing notebook does not stop the others: one summary at the end
+``runs/notebooks/``), ``04_train_one_loss`` once per loss (its first seed). Before those, one
+training stage per seed trains that seed's runs of every loss together (:func:`train_stage`:
+``train_many``, fused); each notebook 04 then reads its run from its folder, and 05-09 read every
+seed's runs (a kernel per (loss, seed) would cost ~7 s each and show nothing new). A failing notebook does not stop the others: one summary at the end
 names each failure and its executed copy, and the exit code is non-zero.
 
 ``--jobs N`` executes up to N notebooks at once (default: 2 on a machine with
@@ -91,10 +92,13 @@ def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=Non
         names = declared(nb)
         mine = {k: v for k, v in common.items() if names is None or k in names}
         if nb.name.startswith(PER_LOSS):
-            for seed in (seeds or p["seeds"]):
+            all_seeds = list(seeds or p["seeds"])
+            for seed in all_seeds:
                 names = list(losses or p["losses"])
                 stage = paths.inside(out_dir, f"{nb.stem}__train__seed{seed}")  # writes run folders only
                 jobs.append(Job(nb, stage, {**common, "losses": names, "seed": int(seed)}, train=True))
+                if seed != all_seeds[0]:  # 04 shows one run per loss (the first seed); 05-09 read every seed's
+                    continue
                 for loss in names:  # force is spent by the training stage; the notebook reads its run
                     out = paths.inside(out_dir, f"{nb.stem}__{loss}__seed{seed}.ipynb")  # a loss is no path
                     spent = {"force": False} if "force" in mine else {}

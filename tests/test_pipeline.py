@@ -75,3 +75,13 @@ def test_each_notebook_gets_only_the_parameters_it_declares():
     per_loss = [j for j in pipeline.plan("smoke", "phantom", False, only=["04"], losses=["cce"], seeds=[0])
                 if not j.train]
     assert set(per_loss[0].parameters) == {"profile", "data", "force", "loss", "seed"}
+
+
+def test_every_seed_has_a_training_stage_and_notebook_04_runs_once_per_loss():
+    jobs = pipeline.plan("quick", "phantom", False, only=["04"], losses=["cce", "focal"], seeds=[3, 1, 2])
+    stages = [j for j in jobs if j.train]
+    assert [j.parameters["seed"] for j in stages] == [3, 1, 2] and all(j.parameters["losses"] == ["cce", "focal"] for j in stages)
+    shown = [j for j in jobs if not j.train]
+    assert [(j.parameters["loss"], j.parameters["seed"]) for j in shown] == [("cce", 3), ("focal", 3)]
+    deps = pipeline.dependencies(jobs)
+    assert all(deps[jobs.index(j)] == {jobs.index(stages[0])} for j in shown)  # each waits for its seed's stage
