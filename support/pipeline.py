@@ -162,8 +162,12 @@ def train_stage(job: Job) -> None:
     notebooks then find their runs finished and read them; a run that failed here is retried (and its
     error shown) by its notebook.
     """
+    import torch
+
     from . import sweep, training
 
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # the share of the cores this job was given
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     p = job.parameters
     configs = sweep.notebook_configs(p["profile"], p["data"], p["losses"], [p["seed"]])
     try:
@@ -221,11 +225,16 @@ def prepare_data(profile: str, data: str, force: bool) -> None:
 def _init_worker(env: dict) -> None:
     """A pool worker (a child process of its own) takes the kernels' thread count and wait switch, so
     that the training it does before a per-loss notebook shares the cores the same way."""
-    from .training import WAIT_ENV
-
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", WAIT_ENV):
+    # The thread counts first: torch reads OMP_NUM_THREADS once, when it is imported, and importing
+    # support.training imports torch (a worker that imported it first ran 2 threads per job on 2 cores:
+    # the two training stages oversubscribed the cores and trained 3.5x slower).
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if var in env:
             os.environ[var] = env[var]
+    from .training import WAIT_ENV
+
+    if WAIT_ENV in env:
+        os.environ[WAIT_ENV] = env[WAIT_ENV]
 
 
 def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report, timeout: Optional[float] = None) -> List[Job]:

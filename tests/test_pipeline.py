@@ -85,3 +85,24 @@ def test_every_seed_has_a_training_stage_and_notebook_04_runs_once_per_loss():
     assert [(j.parameters["loss"], j.parameters["seed"]) for j in shown] == [("cce", 3), ("focal", 3)]
     deps = pipeline.dependencies(jobs)
     assert all(deps[jobs.index(j)] == {jobs.index(stages[0])} for j in shown)  # each waits for its seed's stage
+
+
+def _torch_threads(_):
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_pool_workers_run_the_kernels_thread_count():
+    """A worker that imported torch before taking OMP_NUM_THREADS ran 2 threads per job on 2 cores (the two
+    training stages then oversubscribed the machine and trained 3.5x slower)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from support import kernels
+
+    env = kernels.kernel_env(1, wait_for_runs=True)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=pipeline._init_worker,
+                             initargs=(env,)) as pool:
+        assert pool.submit(_torch_threads, 0).result() == 1
