@@ -293,7 +293,8 @@ def display_table(long: pd.DataFrame, method: str = "gradcam", metrics: Sequence
     f = f"{{:.{digits}f}}".format
     t = t.assign(cell=t["value"].map(f) + " [" + t["boot_lo"].map(f) + ", " + t["boot_hi"].map(f) + "]")
     wide = t.pivot_table(index=["entry", "kind"], columns="metric", values="cell", aggfunc="first")
-    order = t[t["metric"] == metrics[0]].sort_values("value", ascending=False)["entry"]
+    first = next(m for m in metrics if m in set(t["metric"]))  # pointing game; ROAD on films without lesion masks
+    order = t[t["metric"] == first].sort_values("value", ascending=False)["entry"]
     wide = wide.reset_index().set_index("entry").loc[list(dict.fromkeys(order))].reset_index()
     n = long.drop_duplicates("entry").set_index("entry")[["n_images", "n_seeds"]]
     wide = wide.join(n, on="entry")
@@ -316,6 +317,37 @@ def numeric_table(long: pd.DataFrame, method: str = "gradcam") -> pd.DataFrame:
             out[name + suffix] = part[col]
         out[f"{name}_n_images"] = part["n_images"]
     return out.sort_values("pointing", ascending=False).reset_index() if "pointing" in out else out.reset_index()
+
+
+#: What 07 shows per kind of mask: the metrics of its bar charts and its CAM-method heatmap.
+MASK_METRICS = {"lesion": ("lesion_pointing", "lesion_energy"), "lung": ("lung_pointing", "lung_energy")}
+
+
+def shown_metrics(long: pd.DataFrame) -> Tuple[List[str], Optional[str]]:
+    """``(bar metrics, heatmap metric)`` that ``long`` has: the lesion measures when the source has lesion
+    masks, else the lung measures when it has lung masks, else ROAD alone (mask-free; no heatmap, ROAD is
+    computed for one CAM method). Notebook 07 plots these instead of assuming lesion masks."""
+    present = set(long["metric"])
+    for kind in ("lesion", "lung"):
+        bars = [m for m in MASK_METRICS[kind] if m in present]
+        if bars:
+            return bars, (f"{kind}_energy" if f"{kind}_energy" in present else None)
+    return (["road"] if "road" in present else []), None
+
+
+def skipped_note(bundle) -> str:
+    """One sentence for notebook 07 and the report: which mask-based measures this source cannot have, or ""."""
+    test = bundle.splits["test"]
+    lesion = test.lesion_masks is not None and bool(test.lesion_masks.flatten(1).any(1).any())
+    lung = test.lung_masks is not None
+    if lesion and lung:
+        return ""
+    missing = [w for w, has in (("lesion", lesion), ("lung", lung)) if not has]
+    skipped = (["pointing game, energy inside the lesion, IoU/Dice"] if not lesion else []) + \
+              (["energy inside the lungs"] if not lung else [])
+    return (f"{bundle.source} has no {' or '.join(missing)} masks, so the mask-based measures "
+            f"({'; '.join(skipped)}) are skipped; the CAM grids and the mask-free ROAD faithfulness score "
+            f"are computed{' (pass boxes= an RSNA-style box CSV to score lesions)' if not lesion else ''}.")
 
 
 def chance_level(long: pd.DataFrame, prefix: str = "lesion") -> float:
@@ -345,6 +377,12 @@ def conclusions(long: pd.DataFrame, method: str = "gradcam", shortcut=None, top:
         lines.append(f"- {what} ({method}, {int(best['n_images'])} test images with lesions, 95 % bootstrap CI): {shown}. "
                      f"No information would score {f(chance)} (mean lesion area). {len(tied)} of {len(part)} models "
                      f"have intervals overlapping the best one's, so the ranking beyond them is not resolved.")
+    road = t[t["metric"] == "road"].sort_values("value", ascending=False)
+    if not lines and len(road):
+        shown = "; ".join(f"**{r.entry}** {f(r.value)} [{f(r.boot_lo)}, {f(r.boot_hi)}]" for r in road.head(top).itertuples())
+        lines.append(f"- no lesion masks, so no lesion measures. ROAD faithfulness ({method}, "
+                     f"{int(road.iloc[0]['n_images'])} test images; higher: removing the CAM's top pixels hurts the "
+                     f"model more than removing its bottom ones): {shown}.")
     if shortcut is not None:
         acc, att = shortcut.accuracy, shortcut.attention.set_index(["entry", "metric"])["value"]
         for r in acc.itertuples():
