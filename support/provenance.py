@@ -78,8 +78,9 @@ def what_ran_on_what(profile: str, data: str, lung_masks: str = "", studies: Opt
     if missing_masks is None:
         skipped = "mask-based measures: see the notebook (the data could not be read here)"
     elif missing_masks:
-        skipped = (f"no {missing_masks} masks, so the {missing_masks}-mask measures are skipped "
-                   f"(CAM grids and ROAD computed)")
+        kinds = missing_masks.replace(", ", " or ")
+        skipped = (f"no {kinds} masks, so the measures against them (pointing game, energy, IoU/Dice) are "
+                   f"skipped; CAM grids and ROAD computed")
     else:
         skipped = "all measures (lesion and lung masks present)"
     shortcut = "" if not real else "; shortcut experiment skipped (it needs the phantom's marker)"

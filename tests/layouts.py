@@ -51,7 +51,7 @@ def _save(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def kermany(root, n: int = 90) -> Path:
+def kermany(root, n: int = 200) -> Path:
     """Mendeley layout, ``n`` films (¾ train, ¼ test), one patient per pneumonia film; returns the
     ``chest_xray`` folder. Classes: normal (0), bacteria (1), virus (2)."""
     base = Path(root) / "chest_xray"
@@ -78,7 +78,7 @@ def pneumoniamnist(path, n: int = 90) -> Path:
     return path
 
 
-def imagefolder(root, k: int = 4, per_class: int = 24) -> Path:
+def imagefolder(root, k: int = 4, per_class: int = 48) -> Path:
     """``root/class_<c>/<i>.png`` with ``k`` classes (no split folders: the source carves val and test)."""
     root = Path(root)
     for c in range(k):
@@ -87,7 +87,7 @@ def imagefolder(root, k: int = 4, per_class: int = 24) -> Path:
     return root
 
 
-def csv_layout(root, k: int = 3, n: int = 90) -> Path:
+def csv_layout(root, k: int = 3, n: int = 200) -> Path:
     """``root/images/*.png`` and ``root/labels.csv`` (``path,label,split``; ¼ given as test)."""
     root = Path(root)
     rows = []
