@@ -24,17 +24,20 @@ from PIL import Image
 SIDE = 40
 
 
-def _lungs(side: int = SIDE):
+def _lungs(seed: int, side: int = SIDE):
+    """Left and right lung masks, shifted and scaled a little per film (seeded)."""
+    rng = np.random.default_rng([seed, 7])
+    dx, dy, s = rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05), rng.uniform(0.85, 1.1)
     yy, xx = np.mgrid[:side, :side] / side
-    left = ((xx - 0.3) / 0.17) ** 2 + ((yy - 0.5) / 0.33) ** 2 <= 1
-    right = ((xx - 0.7) / 0.17) ** 2 + ((yy - 0.5) / 0.33) ** 2 <= 1
+    left = ((xx - 0.3 - dx) / (0.17 * s)) ** 2 + ((yy - 0.5 - dy) / (0.33 * s)) ** 2 <= 1
+    right = ((xx - 0.7 - dx) / (0.17 * s)) ** 2 + ((yy - 0.5 - dy) / (0.33 * s)) ** 2 <= 1
     return left, right
 
 
 def film(label: int, seed: int, side: int = SIDE) -> np.ndarray:
     """One uint8 film of class ``label`` (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    left, right = _lungs(side)
+    left, right = _lungs(seed, side)
     img = np.full((side, side), 170.0)
     img[left | right] = 70.0
     yy, xx = np.mgrid[:side, :side] / side
@@ -103,9 +106,9 @@ def csv_layout(root, k: int = 3, n: int = 200) -> Path:
 def montgomery(root, n: int = 40) -> Path:
     """Montgomery layout: ``CXR_png/MCUCXR_<i>_<y>.png`` and the left and right lung masks."""
     root = Path(root)
-    left, right = _lungs()
     for i in range(n):
         stem = f"MCUCXR_{i:04d}_{i % 2}"
+        left, right = _lungs(5000 + i)
         _save(root / "CXR_png" / f"{stem}.png", film(i % 2, 5000 + i))
         _save(root / "ManualMask" / "leftMask" / f"{stem}.png", (left * 255).astype(np.uint8))
         _save(root / "ManualMask" / "rightMask" / f"{stem}.png", (right * 255).astype(np.uint8))

@@ -77,6 +77,15 @@ def lesion_index(split, n: int, seed: int = 0) -> np.ndarray:
     return rows
 
 
+def class_interleaved(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` rows, a seeded shuffle of each class taken in turn (class 0, 1, ..., 0, 1, ...): the
+    images explained on a source without lesion masks, so that the first rows show every class."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)]
+    order = [rows[i] for i in range(max(map(len, per_class), default=0)) for rows in per_class if i < len(rows)]
+    return np.array(order[:n], dtype=np.int64)
+
+
 def load_model(run: Run, device="cpu") -> torch.nn.Module:
     """Rebuild a finished run's model from ``config.json`` + ``best.pt`` (model-level runs included), eval mode."""
     from ..ensembles.model_level import load_member
@@ -186,7 +195,7 @@ def evaluate(entries: Sequence[Entry], bundle, methods: Sequence[str] = ("gradca
     t_idx, v_idx = lesion_index(test, n_images, seed), lesion_index(val, threshold_images, seed)
     if test.lesion_masks is None:
         notes.append(f"{bundle.source}: no lesion masks, so no lesion metrics (lung metrics only where lung masks exist)")
-        t_idx = np.arange(min(n_images, len(test)))
+        t_idx = class_interleaved(test.labels.numpy(), n_images, seed)  # every class in the grid's first rows
     elif not len(t_idx):
         notes.append("no test image has a non-empty lesion mask: lesion metrics skipped")
     if test.lesion_masks is not None and not len(v_idx):
@@ -313,6 +322,8 @@ def numeric_table(long: pd.DataFrame, method: str = "gradcam") -> pd.DataFrame:
     out = t.drop_duplicates("entry")[["entry", "kind", "n_seeds"]].set_index("entry")
     for metric, name in REPORT_NAMES.items():
         part = t[t["metric"] == metric].set_index("entry")
+        if part.empty:  # a measure this source cannot have (e.g. no lesion masks): no empty columns
+            continue
         for col, suffix in (("value", ""), ("boot_lo", "_boot_lo"), ("boot_hi", "_boot_hi")):
             out[name + suffix] = part[col]
         out[f"{name}_n_images"] = part["n_images"]
