@@ -10,8 +10,8 @@ CNN learns it in a few epochs. Writers for each layout the data sources read:
 * :func:`csv_layout` ``root/labels.csv`` with ``path,label,split`` (given train/test splits)
 * :func:`montgomery` ``root/CXR_png/`` + ``root/ManualMask/{leftMask,rightMask}/`` (lung masks)
 
-Used by tests/test_realdata_pipeline.py; ``python tests/layouts.py kermany /tmp/x 1200`` writes a
-bigger tree by hand.
+Used by tests/test_realdata_pipeline.py; ``python tests/layouts.py /tmp/x 1200 30 40`` writes a bigger,
+harder Kermany tree by hand (blob 30 in noise 40).
 """
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ def _lungs(seed: int, side: int = SIDE):
     return left, right
 
 
-def film(label: int, seed: int, side: int = SIDE) -> np.ndarray:
-    """One uint8 film of class ``label`` (see the module docstring)."""
+def film(label: int, seed: int, side: int = SIDE, blob: float = 120.0, noise: float = 12.0) -> np.ndarray:
+    """One uint8 film of class ``label`` (see the module docstring); a fainter ``blob`` in more ``noise``
+    makes a harder task."""
     rng = np.random.default_rng(seed)
     left, right = _lungs(seed, side)
     img = np.full((side, side), 170.0)
@@ -44,8 +45,8 @@ def film(label: int, seed: int, side: int = SIDE) -> np.ndarray:
     cx = 0.3 if label % 2 == 0 else 0.7
     cy = 0.35 + 0.15 * (label // 2)
     cx, cy = cx + rng.uniform(-0.04, 0.04), cy + rng.uniform(-0.04, 0.04)
-    img += 120.0 * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 0.06 ** 2)))
-    img += rng.normal(0, 12, img.shape)
+    img += blob * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 0.06 ** 2)))
+    img += rng.normal(0, noise, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -54,15 +55,16 @@ def _save(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def kermany(root, n: int = 200) -> Path:
+def kermany(root, n: int = 200, **hardness) -> Path:
     """Mendeley layout, ``n`` films (¾ train, ¼ test), one patient per pneumonia film; returns the
-    ``chest_xray`` folder. Classes: normal (0), bacteria (1), virus (2)."""
+    ``chest_xray`` folder. Classes: normal (0), bacteria (1), virus (2). ``hardness``: :func:`film`'s
+    ``blob`` and ``noise``."""
     base = Path(root) / "chest_xray"
     for i in range(n):
         label, split = i % 3, "test" if i % 4 == 3 else "train"
         name = (f"NORMAL/IM-{i:04d}-0001.jpeg" if label == 0 else
                 f"PNEUMONIA/person{i}_{'bacteria' if label == 1 else 'virus'}_{i}.jpeg")
-        _save(base / split / name, film(label, 1000 + i))
+        _save(base / split / name, film(label, 1000 + i, **hardness))
     return base
 
 
@@ -115,6 +117,7 @@ def montgomery(root, n: int = 40) -> Path:
     return root
 
 
-if __name__ == "__main__":  # python tests/layouts.py kermany /tmp/k 1200
-    kind, where, count = sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 90
-    print({"kermany": kermany, "pneumoniamnist": pneumoniamnist}[kind](where, count))
+if __name__ == "__main__":  # python tests/layouts.py /tmp/k 1200 [blob noise]: a Kermany tree by hand
+    where, count = sys.argv[1], int(sys.argv[2])
+    hard = dict(zip(("blob", "noise"), map(float, sys.argv[3:5])))
+    print(kermany(where, count, **hard))
