@@ -75,7 +75,8 @@ def pneumoniamnist(path, n: int = 90) -> Path:
     arrays, i = {}, 0
     for split, m in (("train", int(n * 0.6)), ("val", int(n * 0.2)), ("test", n - int(n * 0.6) - int(n * 0.2))):
         labels = np.arange(m) % 2
-        images = [np.asarray(Image.fromarray(film(int(y), 2000 + i + k)).resize((28, 28))) for k, y in enumerate(labels)]
+        images = [np.asarray(Image.fromarray(film(int(y), 2000 + i + k)).resize((28, 28)))
+                  for k, y in enumerate(labels)]
         arrays[f"{split}_images"] = np.stack(images).astype(np.uint8)
         arrays[f"{split}_labels"] = labels.reshape(m, 1).astype(np.uint8)
         i += m

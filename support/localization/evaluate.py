@@ -390,7 +390,8 @@ def conclusions(long: pd.DataFrame, method: str = "gradcam", shortcut=None, top:
                      f"have intervals overlapping the best one's, so the ranking beyond them is not resolved.")
     road = t[t["metric"] == "road"].sort_values("value", ascending=False)
     if not lines and len(road):
-        shown = "; ".join(f"**{r.entry}** {f(r.value)} [{f(r.boot_lo)}, {f(r.boot_hi)}]" for r in road.head(top).itertuples())
+        shown = "; ".join(f"**{r.entry}** {f(r.value)} [{f(r.boot_lo)}, {f(r.boot_hi)}]"
+                          for r in road.head(top).itertuples())
         lines.append(f"- no lesion masks, so no lesion measures. ROAD faithfulness ({method}, "
                      f"{int(road.iloc[0]['n_images'])} test images; higher: removing the CAM's top pixels hurts the "
                      f"model more than removing its bottom ones): {shown}.")
