@@ -72,3 +72,21 @@ def test_class_interleaved_shows_every_class_first():
     y = np.array([0] * 5 + [1] * 3 + [2] * 2)
     rows = class_interleaved(y, 8)
     assert list(y[rows][:6]) == [0, 1, 2, 0, 1, 2] and len(set(rows.tolist())) == 8
+
+
+def test_quiet_load_draws_no_progress_bar(tmp_path, monkeypatch, capfd):
+    """The pipeline loads the user's films with verbose=False: no decoding bar on its console."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import layouts
+    from support.data import load
+
+    monkeypatch.setenv("LOSSBENCH_DATA_DIR", str(tmp_path / "data"))
+    root = layouts.imagefolder(tmp_path / "f", k=2, per_class=10)
+    capfd.readouterr()
+    load("imagefolder", root=str(root), image_size=32, cache=False, verbose=False)
+    assert "img" not in capfd.readouterr().err
+    load("imagefolder", root=str(root), image_size=32, cache=False)
+    assert "decoding" in capfd.readouterr().err
