@@ -16,6 +16,8 @@ Usage: ./run_all.sh [--test] [options]
   --profile NAME       quick (default, CPU-sized, ~15 min on 2 cores) | full (paper protocol, GPU) | smoke
   --data SOURCE        phantom (default) | kermany:/path/to/chest_xray | pneumoniamnist:/path/file.npz
                        | imagefolder:/path | csv:/path/file.csv
+  --lung-masks SOURCE  lung masks the U-Nets learn from (e.g. lungmasks:/data/Montgomery); notebooks
+                       02 and 05 then lung-crop the films of --data, as the paper does
   --only NN[,NN]       run only these notebooks, e.g. --only 01,04,05
   --losses A,B         losses for notebook 04 (default: the profile's 12 losses)
   --seeds 0,1          seeds for notebook 04 (default: the profile's)

@@ -82,11 +82,15 @@ def declared(notebook: Path) -> Optional[set]:
     return names or None
 
 
-def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=None) -> List[Job]:
-    """The papermill jobs for a profile, in order; each notebook gets only the parameters it declares."""
+def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=None, lung_masks: str = "") -> List[Job]:
+    """The papermill jobs for a profile, in order; each notebook gets only the parameters it declares.
+
+    ``lung_masks`` (``--lung-masks``, e.g. ``lungmasks:/data/Montgomery``): the mask set the lung U-Nets
+    learn from, passed as ``seg_data`` to the notebooks that declare it (02 and 05, which then crop the films).
+    """
     p = profiles.get(profile)
     out_dir = paths.runs_dir() / "notebooks"
-    common = {"profile": profile, "data": data, "force": force}
+    common = {"profile": profile, "data": data, "force": force, **({"seg_data": lung_masks} if lung_masks else {})}
     jobs = []
     for nb in notebooks(only):
         names = declared(nb)
@@ -325,6 +329,8 @@ def parse_args(argv=None):
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="seconds one notebook cell may "
                     "run before its notebook fails (default: the profile's execution_timeout; 0: no limit)")
+    ap.add_argument("--lung-masks", default="", metavar="SOURCE", help="lung masks the U-Nets of notebooks 02 "
+                    "and 05 learn from, e.g. lungmasks:/data/Montgomery; the films of --data are then lung-cropped")
     ap.add_argument("--ray", default="", metavar="ADDRESS", help="train notebook 04's runs on the Ray cluster at "
                     "ADDRESS first (e.g. auto); the notebooks then read the finished run folders")
     return ap.parse_args(argv)
@@ -348,6 +354,16 @@ def check_args(args) -> None:
         if key in data and not Path(data[key]).expanduser().exists():
             raise SystemExit(f"--data {args.data}: {data[key]} does not exist; pass an existing local "
                              "folder or file (nothing is downloaded)")
+    if args.lung_masks:
+        try:
+            masks = profiles.data_config(args.profile, args.lung_masks)
+            resolve_params(masks.pop("name"), masks)
+        except (ValueError, TypeError) as exc:
+            raise SystemExit(f"--lung-masks {args.lung_masks}: {exc}") from None
+        where = masks.get("root") or masks.get("path")
+        if not where or not Path(where).expanduser().exists():
+            raise SystemExit(f"--lung-masks {args.lung_masks}: give an existing local mask folder, e.g. "
+                             "--lung-masks lungmasks:/data/Montgomery (CXR_png/ and ManualMask/ inside)")
     valid = losses.names("classification")
     unknown = [x for x in _csv(args.losses) if x not in valid]
     if unknown:
@@ -395,7 +411,7 @@ def main(argv=None) -> int:
     name, params = parse_data_spec(args.data)
     seeds = [int(s) for s in _csv(args.seeds)] or None
     jobs = plan(args.profile, args.data, args.force, only=_csv(args.only) or None,
-                losses=_csv(args.losses) or None, seeds=seeds)
+                losses=_csv(args.losses) or None, seeds=seeds, lung_masks=args.lung_masks)
     if args.dry_run:
         for j in jobs:
             print(j.notebook.name, "(training stage)" if j.train else "", j.parameters)
@@ -438,7 +454,20 @@ def main(argv=None) -> int:
     print(f"Run folders:        {paths.runs_dir()}")
     print(f"Report tables:      {paths.report_dir()}")
     print(f"Figures:            {paths.figures_dir()}")
+    print_what_ran_on_what(args, jobs, failed)
     return 1 if failed else 0
+
+
+def print_what_ran_on_what(args, jobs: List[Job], failed: List[Job]) -> None:
+    """The summary's last block: per study, the data it used and what it skipped (:mod:`support.provenance`)."""
+    from .provenance import mask_note, what_ran_on_what
+
+    studies = {j.notebook.name[:2] for j in jobs}
+    broken = {j.notebook.name[:2] for j in failed}
+    print("What ran on what:")
+    for line in what_ran_on_what(args.profile, args.data, args.lung_masks, studies,
+                                 missing_masks=mask_note(args.profile, args.data) if "07" in studies else ""):
+        print(line + ("  [FAILED: see above]" if line.split()[0] in broken else ""))
 
 
 if __name__ == "__main__":

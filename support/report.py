@@ -29,8 +29,8 @@ STUDIES = {
     "02": ("Lung segmentation", "notebook 02_lung_segmentation", ("dice", "iou")),
     "05": ("Per-loss classification metrics", "notebook 04 (training) and 05_compare_losses", ("mcc",)),
     "06": ("Ensembles of the loss-specific models", "notebook 06_ensembles", ("mcc",)),
-    "07": ("Localization (CAMs against lesion masks)", "notebook 07_localization",
-           ("pointing_game", "pointing", "energy_in_lesion", "energy", "iou", "dice")),
+    "07": ("Localization (CAMs: lesion masks where the data has them, else ROAD)", "notebook 07_localization",
+           ("pointing_game", "pointing", "energy_in_lesion", "energy", "iou", "dice", "lung_energy", "road")),
     "08": ("Synthetic lung-nodule study", "notebook 08_synthetic_nodules",
            ("accuracy", "mcc", "auroc")),
 }

@@ -183,13 +183,22 @@ def decode_many(paths: Sequence[str | os.PathLike], image_size: int, desc: str =
     arrays: List[Optional[np.ndarray]] = []
     failures: List[str] = []
     with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
+            tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=_quiet()) as bar:
         for array, failure in pool.map(_try_read, paths, [image_size] * len(paths), chunksize=16):
             arrays.append(array)
             if failure:
                 failures.append(failure)
             bar.update(1)
     return arrays, failures
+
+
+def _quiet() -> bool:
+    """True inside ``logs.quiet("data")`` (``load(..., verbose=False)``, the pipeline's data step): no bar."""
+    import logging
+
+    from .. import logs
+
+    return not logs.get("data").isEnabledFor(logging.INFO)
 
 
 def report_skipped(failures: Sequence[str], strict: bool, where: str) -> None:

@@ -77,6 +77,15 @@ def lesion_index(split, n: int, seed: int = 0) -> np.ndarray:
     return rows
 
 
+def class_interleaved(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` rows, a seeded shuffle of each class taken in turn (class 0, 1, ..., 0, 1, ...): the
+    images explained on a source without lesion masks, so that the first rows show every class."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)]
+    order = [rows[i] for i in range(max(map(len, per_class), default=0)) for rows in per_class if i < len(rows)]
+    return np.array(order[:n], dtype=np.int64)
+
+
 def load_model(run: Run, device="cpu") -> torch.nn.Module:
     """Rebuild a finished run's model from ``config.json`` + ``best.pt`` (model-level runs included), eval mode."""
     from ..ensembles.model_level import load_member
@@ -186,7 +195,7 @@ def evaluate(entries: Sequence[Entry], bundle, methods: Sequence[str] = ("gradca
     t_idx, v_idx = lesion_index(test, n_images, seed), lesion_index(val, threshold_images, seed)
     if test.lesion_masks is None:
         notes.append(f"{bundle.source}: no lesion masks, so no lesion metrics (lung metrics only where lung masks exist)")
-        t_idx = np.arange(min(n_images, len(test)))
+        t_idx = class_interleaved(test.labels.numpy(), n_images, seed)  # every class in the grid's first rows
     elif not len(t_idx):
         notes.append("no test image has a non-empty lesion mask: lesion metrics skipped")
     if test.lesion_masks is not None and not len(v_idx):
@@ -293,7 +302,8 @@ def display_table(long: pd.DataFrame, method: str = "gradcam", metrics: Sequence
     f = f"{{:.{digits}f}}".format
     t = t.assign(cell=t["value"].map(f) + " [" + t["boot_lo"].map(f) + ", " + t["boot_hi"].map(f) + "]")
     wide = t.pivot_table(index=["entry", "kind"], columns="metric", values="cell", aggfunc="first")
-    order = t[t["metric"] == metrics[0]].sort_values("value", ascending=False)["entry"]
+    first = next(m for m in metrics if m in set(t["metric"]))  # pointing game; ROAD on films without lesion masks
+    order = t[t["metric"] == first].sort_values("value", ascending=False)["entry"]
     wide = wide.reset_index().set_index("entry").loc[list(dict.fromkeys(order))].reset_index()
     n = long.drop_duplicates("entry").set_index("entry")[["n_images", "n_seeds"]]
     wide = wide.join(n, on="entry")
@@ -312,10 +322,43 @@ def numeric_table(long: pd.DataFrame, method: str = "gradcam") -> pd.DataFrame:
     out = t.drop_duplicates("entry")[["entry", "kind", "n_seeds"]].set_index("entry")
     for metric, name in REPORT_NAMES.items():
         part = t[t["metric"] == metric].set_index("entry")
+        if part.empty:  # a measure this source cannot have (e.g. no lesion masks): no empty columns
+            continue
         for col, suffix in (("value", ""), ("boot_lo", "_boot_lo"), ("boot_hi", "_boot_hi")):
             out[name + suffix] = part[col]
         out[f"{name}_n_images"] = part["n_images"]
     return out.sort_values("pointing", ascending=False).reset_index() if "pointing" in out else out.reset_index()
+
+
+#: What 07 shows per kind of mask: the metrics of its bar charts and its CAM-method heatmap.
+MASK_METRICS = {"lesion": ("lesion_pointing", "lesion_energy"), "lung": ("lung_pointing", "lung_energy")}
+
+
+def shown_metrics(long: pd.DataFrame) -> Tuple[List[str], Optional[str]]:
+    """``(bar metrics, heatmap metric)`` that ``long`` has: the lesion measures when the source has lesion
+    masks, else the lung measures when it has lung masks, else ROAD alone (mask-free; no heatmap, ROAD is
+    computed for one CAM method). Notebook 07 plots these instead of assuming lesion masks."""
+    present = set(long["metric"])
+    for kind in ("lesion", "lung"):
+        bars = [m for m in MASK_METRICS[kind] if m in present]
+        if bars:
+            return bars, (f"{kind}_energy" if f"{kind}_energy" in present else None)
+    return (["road"] if "road" in present else []), None
+
+
+def skipped_note(bundle) -> str:
+    """One sentence for notebook 07 and the report: which mask-based measures this source cannot have, or ""."""
+    test = bundle.splits["test"]
+    lesion = test.lesion_masks is not None and bool(test.lesion_masks.flatten(1).any(1).any())
+    lung = test.lung_masks is not None
+    if lesion and lung:
+        return ""
+    missing = [w for w, has in (("lesion", lesion), ("lung", lung)) if not has]
+    skipped = (["pointing game, energy inside the lesion, IoU/Dice"] if not lesion else []) + \
+              (["energy inside the lungs"] if not lung else [])
+    return (f"{bundle.source} has no {' or '.join(missing)} masks, so the mask-based measures "
+            f"({'; '.join(skipped)}) are skipped; the CAM grids and the mask-free ROAD faithfulness score "
+            f"are computed{' (pass boxes= an RSNA-style box CSV to score lesions)' if not lesion else ''}.")
 
 
 def chance_level(long: pd.DataFrame, prefix: str = "lesion") -> float:
@@ -345,6 +388,13 @@ def conclusions(long: pd.DataFrame, method: str = "gradcam", shortcut=None, top:
         lines.append(f"- {what} ({method}, {int(best['n_images'])} test images with lesions, 95 % bootstrap CI): {shown}. "
                      f"No information would score {f(chance)} (mean lesion area). {len(tied)} of {len(part)} models "
                      f"have intervals overlapping the best one's, so the ranking beyond them is not resolved.")
+    road = t[t["metric"] == "road"].sort_values("value", ascending=False)
+    if not lines and len(road):
+        shown = "; ".join(f"**{r.entry}** {f(r.value)} [{f(r.boot_lo)}, {f(r.boot_hi)}]"
+                          for r in road.head(top).itertuples())
+        lines.append(f"- no lesion masks, so no lesion measures. ROAD faithfulness ({method}, "
+                     f"{int(road.iloc[0]['n_images'])} test images; higher: removing the CAM's top pixels hurts the "
+                     f"model more than removing its bottom ones): {shown}.")
     if shortcut is not None:
         acc, att = shortcut.accuracy, shortcut.attention.set_index(["entry", "metric"])["value"]
         for r in acc.itertuples():

@@ -54,7 +54,8 @@ def result_grid(result, bundle, method: str = "gradcam", seed=None, rows: int = 
     masks = test.lesion_masks[idx].numpy() if test.lesion_masks is not None else None
     captions = [bundle.classes[int(test.labels[i])] for i in idx]
     return cam_grid(test.images[idx].numpy(), masks, cams, bundle.source, rows, captions,
-                    title=f"{method} (true class) per loss and ensemble, seed {seed} (red: lesion mask)")
+                    title=f"{method} (true class) per loss and ensemble, seed {seed}"
+                          + (" (red: lesion mask)" if masks is not None else " (no lesion masks in this source)"))
 
 
 def shortcut_grid(result, rows: int = 4):
@@ -75,7 +76,8 @@ def metric_bars(long: pd.DataFrame, metric: str, source: str, method: str = "gra
     if np.isfinite(chance):
         ax.axvline(chance, ls="--", color="0.5", lw=1)
         ax.set_xlabel(ax.get_xlabel() + f"\ndashed: a CAM without information (mean mask area, {chance:.3f})")
-    ax.set_title(titled(f"{metric.replace('_', ' ')} of {method} CAMs, test images with lesions", source))
+    where = "test images with lesions" if metric.startswith("lesion") else "test images"
+    ax.set_title(titled(f"{metric.replace('_', ' ')} of {method} CAMs, {where}", source))
     fig.tight_layout()
     return fig
 
