@@ -28,6 +28,7 @@ the test would detect with 80 % power.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -114,10 +115,16 @@ def _ncp_for_power(df: float, alpha: float, power: float) -> float:
     if not np.isfinite(df):
         return float(crit + sps.norm.ppf(power))
     # the far tail's share (nct.cdf(-crit)) is < 1e-3 once power matters, and NaN far out: left out
-    reach = lambda ncp: sps.nct.sf(crit, df, ncp) - power
+    def reach(ncp):
+        with warnings.catch_warnings():  # scipy's series may warn far in the tail at tiny df; the value is used
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return sps.nct.sf(crit, df, ncp) - power
+
     high = crit + 10.0
     while reach(high) < 0 and high < 1e7:  # few degrees of freedom: heavy tails need a wider bracket
         high *= 4
+    if not reach(high) > 0:  # NaN or unreachable (df < 1): no finite effect has that power
+        return float("inf")
     return float(optimize.brentq(reach, 0.0, high))
 
 

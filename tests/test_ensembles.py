@@ -352,3 +352,12 @@ def test_stacking_heldout_score_is_nested_cross_validation():
     assert ens.info["heldout_log_loss"] == pytest.approx(log_loss(y, nested), rel=1e-6)
     assert ens.info["C"] == pytest.approx(np.ravel(search.fit(X, y).C_)[0])
     assert "cv_log_loss" not in ens.info  # the selection-biased score is not reported
+
+
+def test_clip_k_caps_k_at_the_distinct_runs(members, tmp_path):
+    best = members[-1]
+    alias = fake_run(tmp_path, "alias", best.labels("val"), best.labels("test"), best.probs("val"), best.probs("test"),
+                     loss="kld")
+    res = ensembles.build_ensembles(members + [alias], ks=(3, 6), methods=["average"], model_level=False, clip_k=True)
+    names = {r.name for r in res}
+    assert "average top-5" in names and "average top-6" not in names  # 6 runs, 5 distinct

@@ -117,3 +117,10 @@ def test_one_seed_gives_an_image_level_interval_only():
     y, u = _draw(rng)
     row = inference.model_intervals(y, {"a": _models(y, u, [TAU], rng)}, n_boot=100).iloc[0]
     assert row["n_seeds"] == 1 and np.isnan(row["se_seed"]) and row["se"] == pytest.approx(row["se_image"])
+
+
+def test_mde_with_few_degrees_of_freedom_is_large_or_infinite_never_an_error():
+    two_seeds = inference.minimum_detectable_effect(0.01, 1.0, 0.05 / 14)
+    assert 1.0 < two_seeds < np.inf  # t with 1 df at alpha/14: hundreds of standard errors
+    assert inference.minimum_detectable_effect(0.0, np.inf) == 0.0
+    # (Satterthwaite's df is never below seeds - 1 >= 1, so df < 1 does not occur)

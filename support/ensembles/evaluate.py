@@ -34,7 +34,7 @@ from .. import inference, logs, stats
 from .. import metrics as metrics_mod
 from ..runs import Run
 from .base import ENSEMBLES, LEAK_SUFFIX, EnsembleError, fit
-from .members import check_members, fit_runs, fit_split, leak_label, predict_runs, select_top_k
+from .members import check_members, fit_runs, fit_split, leak_label, predict_runs, rank_runs, select_top_k
 from .model_level import train_model_level
 
 log = logs.get("ensembles")
@@ -90,7 +90,7 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
 
     ``methods``: prediction-level methods (default all of ``ENSEMBLES``);
     ``method_params``: e.g. ``{"vote": {"tie": "highest_index"}}``;
-    ``clip_k``: use ``min(K, runs of the seed)`` with a printed note instead of
+    ``clip_k``: use ``min(K, distinct runs of the seed)`` with a logged note instead of
     failing (K values that collapse onto one are done once);
     ``train_overrides``: TrainConfig fields of the model-level runs;
     ``model_level_seeds``: build the model-level ensembles (and the final blend) for the lowest this many
@@ -112,9 +112,10 @@ def build_ensembles(runs: Sequence[Run], ks: Sequence[int] = (3, 5), methods: Op
                                  f"{best.label} ({best.key}), best {fit_on} {metric}"))
         level_runs, done = {}, set()
         for k in ks:
-            kk = min(k, len(rs)) if clip_k else k
+            distinct = int((rank_runs(rs, metric, split=fit_on)["alias_of"] == "").sum())  # aliases count once
+            kk = min(k, distinct) if clip_k else k
             if kk != k:
-                log.info(f"seed {seed}: only {len(rs)} runs, so top-{k} uses K={kk}")
+                log.info(f"seed {seed}: only {distinct} distinct runs, so top-{k} uses K={kk}")
             if kk in done or kk < 2:
                 log.info(f"seed {seed}: top-{kk} {'already done' if kk in done else 'is not an ensemble'}; skipped")
                 continue
