@@ -14,6 +14,8 @@ themselves. A study with no table yet gets a "not run yet" note, never an error.
 """
 from __future__ import annotations
 
+import textwrap
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,7 +276,8 @@ def summary_figure(report: Report, source: str = ""):
         ax.set_xlabel(metric + where + (" (95 % CI)" if ci is not None else ""), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
-        ax.set_title(f"{study} · {title}\ndata: {data.group(1)[:70] if data else 'not recorded'}", fontsize=8)
+        named = textwrap.fill(f"data: {data.group(1)}" if data else "data: not recorded", 58)
+        ax.set_title(f"{study} · {title}\n{named}", fontsize=8)
     axes.flat[-1].axis("off")
     overview = report.overview()
     lines = [f"{r.study} · {r.title}\n     {r.status}, {r.tables} table(s)" for r in overview.itertuples()]

@@ -235,6 +235,11 @@ def delta_forest(tests: pd.DataFrame, source: str, title: str = ""):
     ax.barh(y, 2 * tests["mde"].to_numpy(float), left=-tests["mde"].to_numpy(float), height=0.6, color="0.88",
             zorder=0, label="±MDE of the test (80 % power)")
     ax.axvline(0, color="0.3", lw=0.8)
+    # Axis from the intervals: a test with few seeds (df ~ 1) has an MDE of many standard errors, whose band
+    # would squeeze every interval into a dot; such a band runs off the axis instead.
+    reach = float(np.nanmax(np.abs(tests[["delta_lo", "delta_hi"]].to_numpy(float))))
+    limit = 1.25 * max(reach, min(float(np.nanmax(tests["mde"])), 2 * reach), 1e-6)
+    ax.set_xlim(-limit, limit)
     for yi, r in zip(y, tests.itertuples(index=False)):
         ax.plot([r.delta_lo, r.delta_hi], [yi, yi], color="0.25", lw=1.4)
         ax.plot(r.delta, yi, "o", mec="C3" if r.significant else "0.25", mfc="C3" if r.significant else "white", ms=6)
