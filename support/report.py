@@ -276,11 +276,12 @@ def summary_figure(report: Report, source: str = ""):
         ax.set_xlabel(metric + where + (" (95 % CI)" if ci is not None else ""), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
-        named = textwrap.fill(f"data: {data.group(1)}" if data else "data: not recorded", 58)
-        ax.set_title(f"{study} · {title}\n{named}", fontsize=8)
+        named = textwrap.fill(f"data: {data.group(1)}" if data else "data: not recorded", 44)
+        ax.set_title(textwrap.fill(f"{study} · {title}", 44) + f"\n{named}", fontsize=8)
     axes.flat[-1].axis("off")
     overview = report.overview()
-    lines = [f"{r.study} · {r.title}\n     {r.status}, {r.tables} table(s)" for r in overview.itertuples()]
+    lines = [textwrap.fill(f"{r.study} · {r.title}", 44, subsequent_indent="     ") + f"\n     {r.status}, {r.tables} table(s)"
+             for r in overview.itertuples()]
     axes.flat[-1].text(0, 1, "Studies in this report\n\n" + "\n".join(lines), va="top", fontsize=8, family="monospace")
     fig.suptitle(titled(f"lossbench-cxr summary, profile {report.profile}", source or "named in each panel"),
                  fontsize=11)
