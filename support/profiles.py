@@ -1,7 +1,7 @@
 """Profiles: named sets of parameter defaults (not code paths).
 
 ``smoke``  seconds per notebook; what the test suite executes.
-``quick``  the default: CPU-sized, the whole ``./run_all.sh`` within 15 min on 2 cores (measured 14.4 min cold, benchmarks/pipeline_quick.md).
+``quick``  the default: CPU-sized, the whole ``./run_all.sh`` within 15 min on 2 cores (measured 12.6 min cold with 8 seeds x 12 losses, benchmarks/pipeline_quick.md).
 ``full``   the papers' protocol (512², paper head, <= 64 epochs, batch 16), meant for a GPU.
 
 A notebook's ``parameters`` cell names a profile; :func:`get` returns its
