@@ -106,7 +106,7 @@ PROFILES = {
         # Model-level ensembles (notebooks 06 and 07 share these runs): the merge head trains over frozen,
         # already trained members, so half the members' epochs (cosine over 6, warm-up 2) suffice on 2 cores.
         # Built for the 2 lowest seeds only (each is a trained run: 10 of them took 8.5 min on 2 cores); the
-        # prediction-level ensembles and the deep-ensemble control use all 5 seeds.
+        # prediction-level ensembles and the deep-ensemble control use all 8 seeds.
         "ensembles": {"model_level": {"max_epochs": 6, "start_from_epoch": 2}, "model_level_seeds": 2},
         # Localization (notebook 07; ~3 min on 2 cores, ~40 % of it the shortcut runs): Grad-CAM on 48 test images
         # with lesions, the other methods on fewer (ScoreCAM: one forward pass per channel), ROAD on 4 (a sparse
