@@ -23,7 +23,7 @@ from scipy import optimize
 from scipy.special import log_softmax
 
 from . import inference, stats
-from .compare import _test_images, comparison_table, group_by_loss
+from .compare import shared_labels, comparison_table, group_by_loss
 from .runs import Run
 
 #: The six measures (names in support.metrics.METRICS), all lower-is-better.
@@ -66,7 +66,7 @@ def calibration_table(runs: Sequence[Run], n_boot: int = 200, seed: int = 0,
     estimate a standard error well, and the interval is a t-interval, not a percentile one).
     """
     groups = group_by_loss(runs)
-    y = _test_images(groups, "test")
+    y = shared_labels(groups, "test")
     idx = stats.resample_indices(y, n_boot, True, seed)
     rows = []
     for label, rs in groups.items():

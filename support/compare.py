@@ -47,8 +47,8 @@ def group_by_loss(runs: Sequence[Run]) -> Dict[str, List[Run]]:
     return groups
 
 
-def _test_images(groups: Dict[str, List[Run]], split: str) -> np.ndarray:
-    """The labels of ``split``; raises when the losses were scored on different images."""
+def shared_labels(groups: Dict[str, List[Run]], split: str) -> np.ndarray:
+    """The labels of ``split``, shared by every loss; raises when the losses were scored on different images."""
     first = next(iter(groups.values()))[0]
     ids = first.ids(split)
     for label, rs in groups.items():
@@ -73,7 +73,7 @@ def seed_stack(runs: Sequence[Run], split: str = "test") -> Tuple[np.ndarray, Di
     groups = group_by_loss(runs)
     if not groups:
         raise ValueError("no runs to compare; train the losses first (notebook 04 / ./run_all.sh)")
-    y = _test_images(groups, split)
+    y = shared_labels(groups, split)
     have = {label: {r.seed for r in rs} for label, rs in groups.items()}
     common = sorted(set.intersection(*have.values()))
     if not common:
@@ -100,7 +100,7 @@ def loss_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0,
     groups = group_by_loss(runs)
     if not groups:
         return pd.DataFrame()
-    y = _test_images(groups, split)
+    y = shared_labels(groups, split)
     idx = stats.resample_indices(y, n_boot, True, seed)
     rows = []
     for label, rs in groups.items():
