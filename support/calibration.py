@@ -51,11 +51,6 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(optimize.minimize_scalar(nll, bounds=(np.log(0.05), np.log(20)), method="bounded").x))
 
 
-def scaled_test_probs(runs: Sequence[Run]) -> Dict[str, np.ndarray]:
-    """``{run key: test probabilities after temperature scaling fitted on its val_fit half}``."""
-    return {r.key: scale(r.probs("test"), fit_temperature(r.probs("val_fit"), r.labels("val_fit"))) for r in runs}
-
-
 def calibration_table(runs: Sequence[Run], n_boot: int = 200, seed: int = 0,
                       measures: Sequence[str] = CALIBRATION_METRICS) -> pd.DataFrame:
     """Long table: one row per (loss, measure, before/after temperature scaling).

@@ -34,13 +34,18 @@ def _seeds(rng, shift=0.0):
     return TAU + shift + SEED_SD * rng.standard_normal(N_SEEDS)
 
 
+def _one_study(rng, i):
+    """One simulated study's seed x image interval of the accuracy (a fresh test draw, 5 seeds)."""
+    y, u = _draw(rng)
+    return inference.model_intervals(y, {"m": _models(y, u, _seeds(rng), rng)}, metric="accuracy",
+                                     n_boot=100, seed=i).iloc[0]
+
+
 def test_interval_covers_the_true_accuracy_93_to_97_percent():
     rng = np.random.default_rng(0)
     hits = []
     for i in range(600):
-        y, u = _draw(rng)
-        row = inference.model_intervals(y, {"m": _models(y, u, _seeds(rng), rng)}, metric="accuracy",
-                                        n_boot=100, seed=i).iloc[0]
+        row = _one_study(rng, i)
         hits.append(row["lo"] <= TAU <= row["hi"])
     assert 0.93 <= np.mean(hits) <= 0.97, np.mean(hits)
 
@@ -50,9 +55,7 @@ def test_image_only_interval_undercovers_when_seeds_vary():
     rng = np.random.default_rng(1)
     hits = []
     for i in range(200):
-        y, u = _draw(rng)
-        row = inference.model_intervals(y, {"m": _models(y, u, _seeds(rng), rng)}, metric="accuracy",
-                                        n_boot=100, seed=i).iloc[0]
+        row = _one_study(rng, i)
         assert row["se_seed"] > 0 and row["se_image"] > 0
         half = 1.96 * row["se_image"]
         hits.append(abs(row["estimate"] - TAU) <= half)

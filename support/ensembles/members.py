@@ -84,15 +84,13 @@ def check_members(runs: Sequence[Union[Run, str, Path]]) -> List[Run]:
     return runs
 
 
-def _split(fit_on: str) -> str:
+def fit_split(fit_on: str) -> str:
     """The predictions a fit reads: ``"val"`` means the validation half kept for post-hoc fitting
     (``"val_fit"``; the other half chose the members' checkpoints, :mod:`support.data.halves`)."""
     if fit_on not in FIT_SPLITS:
         raise ValueError(f"fit_on must be 'val' (clean) or 'test' (the paper's leak), got {fit_on!r}")
     return "val_fit" if fit_on == "val" else fit_on
 
-
-fit_split = _split
 
 
 def _alias_of(runs: Sequence[Run], split: str) -> List[str]:
@@ -115,7 +113,7 @@ def rank_runs(runs: Sequence[Union[Run, str, Path]], metric: str = "mcc", split:
     runs = check_members(runs)
     fn = metrics_mod.METRICS.get(metric)
     higher = getattr(fn, "greater_is_better", True)
-    split = _split(split)
+    split = fit_split(split)
     rows = [{"key": r.key, "label": r.label, "seed": r.seed,
              "score": float(fn(r.labels(split), r.probs(split))), "run": r} for r in runs]
     table = pd.DataFrame(rows)
@@ -152,7 +150,7 @@ def fit_runs(method: str, runs: Sequence[Union[Run, str, Path]], fit_on: str = "
     ``fit_on="test"`` the result is :attr:`~Ensemble.leaky`.
     """
     runs = check_members(runs)
-    split = _split(fit_on)
+    split = fit_split(fit_on)
     names = [f"{r.label} ({r.key})" for r in runs]
     return fit(method, [r.probs(split) for r in runs], runs[0].labels(split), members=names, fit_on=fit_on, **params)
 
@@ -167,4 +165,4 @@ def predict_runs(ensemble: Ensemble, runs: Sequence[Union[Run, str, Path]], spli
 
 def leak_label(name: str, fit_on: str) -> str:
     """``name`` with :data:`LEAK_SUFFIX` when ``fit_on == "test"``."""
-    return name + LEAK_SUFFIX if _split(fit_on) == "test" else name
+    return name + LEAK_SUFFIX if fit_split(fit_on) == "test" else name
