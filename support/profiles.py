@@ -79,7 +79,7 @@ PROFILES = {
             # the regime map (support.nodules.regime); smoke models are too short-trained for the rule to hold,
             # so the closest cell is used and the notebook says so (require_regime False)
             "train_preset": "train", "regime": {"margin_strengths": (0.5, 1.0), "rhos": (1.0,), "seeds": (0,)},
-            "require_regime": False, "curve_strengths": 2, "curve_seeds": (0,), "n_dfr": 64,
+            "require_regime": False, "curve_strengths": 2, "curve_seeds": (0,), "n_dfr": 64, "analysis_seeds": 1,
         },
         "execution_timeout": 600,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
@@ -138,7 +138,8 @@ PROFILES = {
             "n_probe": 600, "n_counterfactual": 160, "n_embed": 400, "embedding": "tsne", "bootstrap": 1000,
             "train_preset": "train",
             "regime": {"margin_strengths": (0.6, 0.8, 1.0), "rhos": (0.95, 1.0), "seeds": (0, 1)},
-            "require_regime": True, "curve_strengths": 3, "curve_seeds": (0, 1), "n_dfr": 200,
+            # probes, counterfactuals and embeddings read the first 2 seeds' runs
+            "require_regime": True, "curve_strengths": 3, "curve_seeds": (0, 1), "n_dfr": 200, "analysis_seeds": 2,
         },
         "execution_timeout": 1800,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
@@ -171,6 +172,7 @@ PROFILES = {
             "regime": {"margin_strengths": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), "rhos": (0.95, 1.0),
                        "seeds": (0, 1, 2)},
             "require_regime": True, "curve_strengths": 3, "curve_seeds": (0, 1, 2, 3, 4), "n_dfr": 500,
+            "analysis_seeds": 5,
         },
         "execution_timeout": 21600,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },

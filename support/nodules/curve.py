@@ -24,7 +24,7 @@ def curve_studies(profile: str, settings: dict, strengths: Sequence[float], rho:
     for s in strengths:
         seeds = () if float(s) == float(chosen) else settings["curve_seeds"]
         out[float(s)] = Study(profile, runs_dir, {**cell_overrides(settings, s, rho, seeds),
-                                                  "learnability_check": False})
+                                                  "learnability_check": False}, tests=PRESETS)
     return out
 
 
@@ -35,7 +35,6 @@ def curve_table(studies: dict, force: bool = False, progress: bool = True, n_boo
     for s, study in studies.items():
         study.train(force=force, progress=progress)
         preds = study.predictions(force=force)
-        preds = preds[preds["preset"].isin(PRESETS)]
         table = metrics_table(preds, n_boot=n_boot).set_index(["loss", "preset"])
         paired = paired_table(preds, "test_conflict", n_boot=n_boot).set_index("model_a")
         for loss in dict.fromkeys(table.index.get_level_values(0)):

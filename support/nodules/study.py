@@ -57,6 +57,7 @@ class Study:
     profile: str = "quick"
     runs_dir: Optional[Path] = None
     overrides: dict = field(default_factory=dict)
+    tests: tuple = nd.STUDY_TESTS  # the test presets predicted on
 
     def __post_init__(self):
         settings = profiles.get(self.profile).get("nodules")
@@ -109,7 +110,8 @@ class Study:
         """{preset: test Split} for every study test preset (the generator's cache makes this cheap)."""
         d = dict(self.settings["data"])
         bundles = nd.load_study(seed=d.pop("seed"), n_train=d.pop("n_train"), n_val=d.pop("n_val"),
-                                n_test=d.pop("n_test"), train=self.train_preset, verbose=False, **d)
+                                n_test=d.pop("n_test"), train=self.train_preset, tests=self.tests, verbose=False,
+                                **d)
         return {name: b.splits["test"] for name, b in bundles.items() if name != self.train_preset}
 
     @cached_property
