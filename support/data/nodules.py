@@ -329,7 +329,7 @@ def sample_factors(spec: dict, *, preset: str, split: str, n: int, seed: int, im
                          "image_size": image_size, "label": label})
     lab, short = spec["label"], spec["shortcut"]
     for factor, dist in spec["factors"].items():
-        rows[factor] = _draw(rng(factor), dist, n)
+        rows[factor] = _draw(rng(factor), _dist(factor, dist, f"factors.{factor}"), n)
     g = rng("label_level")
     benign, malignant = (_draw(g, _dist(lab["factor"], lab[c], c), n) for c in CLASSES)
     rows[lab["factor"]] = np.where(label == 1, malignant, benign)

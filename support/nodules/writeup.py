@@ -140,7 +140,8 @@ def paired_text(paired: pd.DataFrame, preset: str = "test_conflict") -> List[str
     rest = p[~p["significant"]]
     if len(rest):
         verdict.append("not separated from cce (interval includes 0 after Holm): " + ", ".join(rest["model_a"]))
-    return [f"**Δ accuracy vs cce on {preset}** ({n_seeds} seeds x {n_img} shared patches): {parts}. "
+    seeds = f"{n_seeds} seeds" if n_seeds > 1 else "1 seed: test-patch noise only"
+    return [f"**Δ accuracy vs cce on {preset}** ({seeds}, {n_img} shared patches): {parts}. "
             + "; ".join(verdict) + "."]
 
 
@@ -182,7 +183,8 @@ def curve_text(curve: pd.DataFrame) -> List[str]:
         sig = g[g["p_holm"] < 0.05] if "p_holm" in g else g.iloc[:0]
         diff = ", ".join(f"{r['loss']} {r['delta_vs_cce']:+.3f}" for _, r in sig.iterrows()) or "none"
         base = f"cce {cce['conflict'].iloc[0]:.3f}, " if len(cce) else ""
-        out.append(f"margin strength {s:g} ({int(g['n_seeds'].max())} seeds): {base}best {best['loss']} "
+        n = int(g["n_seeds"].max())
+        out.append(f"margin strength {s:g} ({n} seed{'s' if n > 1 else ''}): {base}best {best['loss']} "
                    f"{best['conflict']:.3f}; significantly different from cce: {diff}")
     return ["**Across difficulty** (test_conflict accuracy): " + "; ".join(out) + "."] if out else []
 
