@@ -508,7 +508,8 @@ def _render_chunk(rows: pd.DataFrame, size: int):
         ns, ph, j, s_k = n_spikes[spiky], phase[spiky], np.arange(SPIKES[1]), strength[spiky, None]
         ang = ph[:, None] + 2 * np.pi * (j + 0.8 * (u_margin[spiky, 4:4 + SPIKES[1]] - 0.5)) / ns[:, None]
         u_length = u_margin[spiky, 4 + SPIKES[1]:]
-        length = (SPIKE_LENGTH[0] + (SPIKE_LENGTH[1] - SPIKE_LENGTH[0]) * u_length) * r0[spiky, None] * (0.3 + 0.7 * s_k)
+        fraction = SPIKE_LENGTH[0] + (SPIKE_LENGTH[1] - SPIKE_LENGTH[0]) * u_length
+        length = fraction * r0[spiky, None] * (0.3 + 0.7 * s_k)
         start = r0[spiky, None] * (1 + a_lob[spiky, None] * np.sin(n_lobes[spiky, None] * ang + ph[:, None])) - 1.5
         length = np.minimum(length, _to_border(rows["x"].to_numpy(float)[spiky, None],
                                                rows["y"].to_numpy(float)[spiky, None], ang, size) - BORDER - 1 - start)
@@ -654,7 +655,8 @@ def _check_change(rows: pd.DataFrame, change: Mapping, where: str) -> None:
         if np.isnan(numeric).any() or (numeric < 0).any() or (numeric > hi).any() or (
                 key in ("n_vessels", "n_crossing") and (numeric % 1).any()):
             shown = value if not np.ndim(value) else values[0]
-            raise ValueError(f"{key}={shown!r} in {where} must be {'an integer ' if key in ('n_vessels', 'n_crossing') else ''}"
+            kind = "an integer " if key in ("n_vessels", "n_crossing") else ""
+            raise ValueError(f"{key}={shown!r} in {where} must be {kind}"
                              f"in [0, {hi}]")
 
 
