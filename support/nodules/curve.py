@@ -30,7 +30,8 @@ def curve_studies(profile: str, settings: dict, strengths: Sequence[float], rho:
 
 def curve_table(studies: dict, force: bool = False, progress: bool = True, n_boot: int = 1000) -> pd.DataFrame:
     """Per (margin strength, loss): test_iid and test_conflict accuracy with seed × image intervals, and
-    Δ conflict accuracy vs cce (paired per seed, Holm over the losses at that strength)."""
+    Δ conflict accuracy vs cce (paired per seed, Holm over the losses at that strength; only with >= 2 seeds,
+    a one-seed interval holds test-patch noise only)."""
     rows = []
     for s, study in studies.items():
         study.train(force=force, progress=progress)
@@ -41,7 +42,7 @@ def curve_table(studies: dict, force: bool = False, progress: bool = True, n_boo
             c, i = table.loc[(loss, "test_conflict")], table.loc[(loss, "test_iid")]
             row = {"margin_strength": s, "loss": loss, "n_seeds": int(c["n_seeds"]), "iid": i["accuracy_mean"],
                    "conflict": c["accuracy_mean"], "conflict_lo": c["accuracy_lo"], "conflict_hi": c["accuracy_hi"]}
-            if loss in paired.index:
+            if loss in paired.index and row["n_seeds"] > 1:  # one seed: no training noise, so no test
                 row.update(delta_vs_cce=paired.loc[loss, "delta"], delta_lo=paired.loc[loss, "delta_lo"],
                            delta_hi=paired.loc[loss, "delta_hi"], p_holm=paired.loc[loss, "p_holm"])
             rows.append(row)

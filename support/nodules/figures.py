@@ -190,14 +190,14 @@ def curve_figure(curve: pd.DataFrame, source: str):
         err = np.vstack([g["conflict"] - g["conflict_lo"], g["conflict_hi"] - g["conflict"]])
         seeds = "/".join(str(n) for n in g["n_seeds"])
         ax.errorbar(x, g["conflict"], yerr=err, marker="o", ms=5, capsize=3, color=colours[loss],
-                    label=f"{loss} ({seeds} seeds)")
+                    label=f"{loss} (seeds {seeds})")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xticks(strengths)
     ax.set_xlabel("margin strength (label cue visibility)")
     ax.set_ylabel("test_conflict accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(titled("where each loss starts to take the shortcut (mean, 95 % seed × image interval)", source),
-                 fontsize=10)
+    ax.set_title(titled("where each loss starts to take the shortcut\n(mean, 95 % seed × image interval; "
+                        "1 seed: test-patch noise only)", source), fontsize=10)
     fig.tight_layout()
     return fig

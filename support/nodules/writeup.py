@@ -182,6 +182,8 @@ def curve_text(curve: pd.DataFrame) -> List[str]:
         best = g.sort_values("conflict", ascending=False).iloc[0]
         sig = g[g["p_holm"] < 0.05] if "p_holm" in g else g.iloc[:0]
         diff = ", ".join(f"{r['loss']} {r['delta_vs_cce']:+.3f}" for _, r in sig.iterrows()) or "none"
+        if "p_holm" not in g or g["p_holm"].isna().all():
+            diff = "not tested (one seed)"
         base = f"cce {cce['conflict'].iloc[0]:.3f}, " if len(cce) else ""
         n = int(g["n_seeds"].max())
         out.append(f"margin strength {s:g} ({n} seed{'s' if n > 1 else ''}): {base}best {best['loss']} "
