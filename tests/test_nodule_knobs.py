@@ -195,5 +195,5 @@ def test_write_up_sentences_follow_the_numbers():
                         {"loss": "triplet", "as_trained": 0.2, "after_dfr": 0.25, "recovery": 0.05,
                          "recovery_lo": -0.05, "recovery_hi": 0.15}])
     text = writeup.dfr_text(dfr, 0.99)[0]
-    assert "cce 0.500 -> 0.950" in text and "encoded, the last layer did not use it" in text
+    assert "cce 0.500 -> 0.950" in text and "encoded; the trained last layer under-used it" in text
     assert "no measurable recovery" in text and "0.990" in text

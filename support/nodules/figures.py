@@ -156,7 +156,7 @@ def regime_figure(table: pd.DataFrame, chosen: pd.Series, source: str, conflict_
         index=rhos, columns=strengths)
     learn = table.groupby("margin_strength")["learnability"].first().reindex(strengths)
     values = np.vstack([grid.to_numpy(float), learn.to_numpy(float)[None]])
-    fig, ax = plt.subplots(figsize=(1.1 * len(strengths) + 3.2, 0.8 * len(values) + 1.8))
+    fig, ax = plt.subplots(figsize=(1.1 * len(strengths) + 4.6, 0.8 * len(values) + 1.8))
     im = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
@@ -168,7 +168,8 @@ def regime_figure(table: pd.DataFrame, chosen: pd.Series, source: str, conflict_
     ax.set_yticks(range(len(values)))
     ax.set_yticklabels([f"CE, train ρ {r:g}" for r in rhos] + ["control: CE, ρ 0.5"])
     ax.set_xlabel("margin strength (1 = obvious spicules, 0 = none)")
-    fig.colorbar(im, ax=ax, fraction=0.04, label="test_conflict accuracy (0 = size only, 1 = margin only)")
+    bar = fig.colorbar(im, ax=ax, fraction=0.04)
+    bar.set_label("test_conflict accuracy\n(0 = size only, 1 = margin only)", fontsize=8)
     rule = (f"frame: study cell (CE conflict accuracy in [{conflict_range[0]}, {conflict_range[1]}], control "
             f">= {min_learnability})" + ("" if chosen.get("meets_rule", True) else " — no cell meets the rule"))
     ax.set_title(titled(f"regime map: where CE takes the size shortcut\n{rule}", source), fontsize=9)

@@ -162,7 +162,7 @@ def dfr_text(dfr: pd.DataFrame, learnability: float = float("nan")) -> List[str]
     parts = []
     for _, r in dfr.sort_values("after_dfr", ascending=False).iterrows():
         if r["after_dfr"] >= 0.9:
-            verdict = "margin was encoded, the last layer did not use it"
+            verdict = "margin was encoded; the trained last layer under-used it"
         elif r["recovery_lo"] > 0:
             verdict = "partly encoded"
         else:
