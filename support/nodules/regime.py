@@ -22,6 +22,7 @@ import pandas as pd
 
 from .. import artifacts, paths, training
 from ..data import load as load_data
+from ..data.core import source_version
 from ..data import nodules as nd
 
 #: The rule that makes a cell the study's regime (issue 17): CE's conflict accuracy in this range ...
@@ -92,7 +93,7 @@ def regime_map(settings: dict, runs_dir=None, force: bool = False, progress: boo
     root = Path(runs_dir) if runs_dir else paths.runs_dir()
     configs = _configs(settings)
     key = artifacts.config_key({"regime": settings["regime"], "data": settings["data"], "train": settings["train"],
-                                "source_version": 2})
+                                "source_version": source_version("nodules")})
     path = paths.inside(root, "nodules", "regime", f"{key}.json")
     if path.exists() and not force:
         return pd.DataFrame(artifacts.read_json(path))
