@@ -13,7 +13,23 @@ An image is a 2D patch (64² by default, values 0..255) of one nodule on a lung-
                ``spiculated`` a ~ U(0, 0.05) plus 8-14 tapered spikes of length U(0.5, 1)·r0
 * density      ``solid`` fill ≈ 0.80 (texture sd 0.03) or ``ground_glass`` ≈ 0.45 (texture sd 0.06)
 * nuisance     centre ``x``/``y`` (image centre ± ``jitter``), ``background`` level, ``n_vessels``,
-               additive Gaussian noise ``noise_sd``
+               additive Gaussian noise ``noise_sd``, ``n_crossing`` distractor vessels through the nodule
+
+Difficulty knobs (the spec's ``difficulty`` section and the nuisances; defaults give the original generator):
+
+* ``margin_strength`` s ∈ [0, 1] (default 1): one scalar for how visible the malignant margin is. Spike count
+  ``round(n·(0.3 + 0.7 s))``, length ``(0.3 + 0.7 s)·U(0.5, 1)·r0``, contrast (peak opacity) ``s`` and half-width
+  ``(0.6 + 0.4 s)·SPIKE_SD``; a lobulated margin's amplitude is scaled by ``s`` too. s = 0: no spikes, no
+  lobulation, so every margin level renders alike (margin carries nothing a model could see).
+* ``size_separation`` d ∈ [0, 1] (default 1): the two size levels' radius ranges move from the spec's ``radius``
+  table (d = 1, disjoint by default) towards their union [min lo, max hi] (d = 0, identical ranges: size
+  carries no information about its level, so none about the label).
+* nuisance ``noise_sd`` [lo, hi] within [0, 0.5] (default 0.02): additive pixel noise that hides faint spikes.
+* nuisance ``n_crossing`` [lo, hi] within [0, 4] (default 0): bright straight vessels (peak ``CROSSING_PEAK``)
+  that pass within r0/2 of the nodule's centre, so their ends look like spikes of either class.
+
+Spike tips always stay inside the patch: a spike is shortened to end ``BORDER`` px from the border (the fit
+check makes sure the body plus a minimal spike fits).
 
 Labels: ``("benign", "malignant")``, class-balanced 50/50. A preset names the **label factor** (default
 margin: malignant = spiculated, benign = smooth) and an optional **shortcut factor** (default size:
@@ -51,13 +67,17 @@ LEVELS = {"size": ("small", "large"), "margin": ("smooth", "lobulated", "spicula
 CLASS_LEVELS = {"size": ("small", "large"), "margin": ("smooth", "spiculated"),
                 "density": ("solid", "ground_glass")}
 #: Factors a counterfactual can change: the categorical ones and the per-image nuisances.
-FACTORS = tuple(LEVELS) + ("x", "y", "background", "n_vessels", "noise_sd")
+FACTORS = tuple(LEVELS) + ("x", "y", "background", "n_vessels", "noise_sd", "n_crossing", "margin_strength")
 
 # Generator constants (notes §3.1); not part of a preset because counterfactuals must know them.
 LOBULATION = {"smooth": (0.0, 0.05), "lobulated": (0.10, 0.15), "spiculated": (0.0, 0.05)}
 SPIKES = (8, 14)          # spike count range of a spiculated margin
 SPIKE_LENGTH = (0.5, 1.0)  # spike length as a fraction of r0
 SPIKE_SD = (0.8, 0.4)      # spike half-width (Gaussian sd, px) at base and tip: a tapered 1-2 px line
+MIN_SPIKE = 2.0            # px of spike the fit check keeps room for beyond the body (longer ones are shortened)
+BORDER = 1.5               # px between a spike's tip and the patch border
+CROSSING_PEAK = 0.25       # peak of a distractor vessel crossing the nodule (background vessels: VESSEL_PEAK)
+MAX_CROSSING = 4
 EDGE_SD = 0.8              # nodule edge blur
 FILL = {"solid": (0.80, 0.03), "ground_glass": (0.45, 0.06)}  # (mean level, internal texture sd)
 FILL_JITTER = 0.02         # per-nodule sd of the fill level
@@ -75,9 +95,13 @@ BASE_SPEC = {
     "factors": {"size": {"small": 0.5, "large": 0.5}, "margin": {"smooth": 0.5, "spiculated": 0.5},
                 "density": {"solid": 0.5, "ground_glass": 0.5}},
     # per-image nuisances, uniform in [lo, hi] (n_vessels: integers); jitter: ± px around the centre
-    "nuisance": {"jitter": 4.0, "background": [0.12, 0.18], "n_vessels": [0, 3], "noise_sd": [0.02, 0.02]},
-    "radius": {"small": [4.0, 7.0], "large": [10.0, 14.0]},  # r0 range (px) per size level
+    "nuisance": {"jitter": 4.0, "background": [0.12, 0.18], "n_vessels": [0, 3], "noise_sd": [0.02, 0.02],
+                 "n_crossing": [0, 0]},
+    "radius": {"small": [4.0, 7.0], "large": [10.0, 14.0]},  # r0 range (px) per size level at separation 1
+    # difficulty knobs (module doc): margin visibility and how far apart the two size levels' radii are
+    "difficulty": {"margin_strength": 1.0, "size_separation": 1.0},
 }
+DIFFICULTY_RANGES = {"margin_strength": (0.0, 1.0), "size_separation": (0.0, 1.0)}
 
 #: Named presets: overrides of BASE_SPEC (a section's keys replace the base's keys, one level deep).
 PRESETS: Dict[str, dict] = {
@@ -99,7 +123,7 @@ PRESETS: Dict[str, dict] = {
 STUDY_TESTS = ("test_iid", "test_decorrelated", "test_conflict", "test_size_only", "test_density_shift")
 META_COLUMNS = ("index", "seed", "preset", "split", "image_size", "label", "size", "r0", "margin", "a_lob",
                 "n_lobes", "n_spikes", "density", "fill", "x", "y", "background", "n_vessels", "noise_sd",
-                "shortcut_aligned", "rho", "label_rule", "shortcut_rule")
+                "shortcut_aligned", "rho", "label_rule", "shortcut_rule", "margin_strength", "n_crossing")
 
 
 # ----------------------------------------------------------------------------- presets as data
@@ -120,7 +144,7 @@ def resolve_spec(preset: str = "train", spec: Union[None, dict, str] = None, *, 
         for key, value in override.items():
             if key not in BASE_SPEC:
                 raise ValueError(f"unknown spec section {key!r}; valid sections: {', '.join(BASE_SPEC)}")
-            if key in ("label", "factors", "nuisance", "radius") and not isinstance(value, Mapping):
+            if key in ("label", "factors", "nuisance", "radius", "difficulty") and not isinstance(value, Mapping):
                 raise ValueError(f"spec section {key!r} must be a dict, got {value!r}")
             if isinstance(value, dict) and isinstance(out.get(key), dict):
                 out[key].update(copy.deepcopy(value))
@@ -214,23 +238,43 @@ def _validate(spec: dict, image_size: int) -> None:
     unknown = set(nui) - set(BASE_SPEC["nuisance"])
     if unknown:
         raise ValueError(f"unknown nuisance {sorted(unknown)[0]!r}; valid: {', '.join(BASE_SPEC['nuisance'])}")
-    for key, (lo, hi) in (("background", (0, 1)), ("noise_sd", (0, 0.5)), ("n_vessels", (0, MAX_VESSELS))):
+    for key, (lo, hi) in (("background", (0, 1)), ("noise_sd", (0, 0.5)), ("n_vessels", (0, MAX_VESSELS)),
+                          ("n_crossing", (0, MAX_CROSSING))):
         a, b = nui[key]
         if not lo <= a <= b <= hi:
             raise ValueError(f"nuisance {key}={nui[key]!r} must be [lo, hi] within [{lo}, {hi}]")
     if not 0 <= nui["jitter"] <= image_size / 4:
         raise ValueError(f"nuisance jitter={nui['jitter']!r} must be within [0, image_size/4]")
+    unknown = set(spec["difficulty"]) - set(DIFFICULTY_RANGES)
+    if unknown:
+        raise ValueError(f"unknown difficulty knob {sorted(unknown)[0]!r}; valid: {', '.join(DIFFICULTY_RANGES)}")
+    for key, (lo, hi) in DIFFICULTY_RANGES.items():
+        value = spec["difficulty"][key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ValueError(f"difficulty {key}={value!r} must be a number in [{lo}, {hi}] "
+                             f"(default {BASE_SPEC['difficulty'][key]})")
     if sorted(spec["radius"]) != sorted(LEVELS["size"]):
         raise ValueError(f"spec radius must give [lo, hi] for {LEVELS['size']}, got {spec['radius']!r}")
     for level, (lo, hi) in spec["radius"].items():
-        reach = hi * (1 + LOBULATION["lobulated"][1]) + nui["jitter"]
+        # body with lobulation, plus a minimal spike and the tip's gap to the border
+        reach = hi * (1 + LOBULATION["lobulated"][1]) + nui["jitter"] + MIN_SPIKE + BORDER
         if not 1.0 <= lo <= hi:
             raise ValueError(f"radius {level}={[lo, hi]!r} must satisfy 1 <= lo <= hi (px)")
-        if reach > image_size / 2 - 1:
+        if reach > image_size / 2:
             raise ValueError(
-                f"nodule size {level!r} (r0 up to {hi} px, with lobulation and jitter {reach:.1f} px from the "
-                f"centre) does not fit image_size={image_size}; use image_size >= {int(np.ceil(2 * reach + 2))} "
-                "or a smaller 'radius' range")
+                f"nodule size {level!r} (r0 up to {hi} px; with lobulation, jitter, a {MIN_SPIKE:g} px spike and "
+                f"{BORDER:g} px to the border {reach:.1f} px from the centre) does not fit image_size={image_size}; "
+                f"use image_size >= {int(np.ceil(2 * reach))} or a smaller 'radius' range")
+
+
+def radius_ranges(spec: dict) -> Dict[str, Tuple[float, float]]:
+    """{size level: (lo, hi) r0 range} after ``size_separation`` d: each end moves linearly from the
+    ``radius`` table (d = 1) to the union of the levels' ranges (d = 0: both levels alike)."""
+    d = float(spec.get("difficulty", {}).get("size_separation", 1.0))
+    table = spec["radius"]
+    union = (min(lo for lo, _ in table.values()), max(hi for _, hi in table.values()))
+    return {level: (round(d * lo + (1 - d) * union[0], 4), round(d * hi + (1 - d) * union[1], 4))
+            for level, (lo, hi) in table.items()}
 
 
 # ----------------------------------------------------------------------------- random streams
@@ -285,7 +329,7 @@ def sample_factors(spec: dict, *, preset: str, split: str, n: int, seed: int, im
                          "image_size": image_size, "label": label})
     lab, short = spec["label"], spec["shortcut"]
     for factor, dist in spec["factors"].items():
-        rows[factor] = _draw(rng(factor), dist, n)
+        rows[factor] = _draw(rng(factor), _dist(factor, dist, f"factors.{factor}"), n)
     g = rng("label_level")
     benign, malignant = (_draw(g, _dist(lab["factor"], lab[c], c), n) for c in CLASSES)
     rows[lab["factor"]] = np.where(label == 1, malignant, benign)
@@ -302,7 +346,9 @@ def sample_factors(spec: dict, *, preset: str, split: str, n: int, seed: int, im
     rows["background"] = np.round(rng("background").uniform(*nui["background"], n), 4)
     rows["n_vessels"] = rng("vessels").integers(nui["n_vessels"][0], nui["n_vessels"][1] + 1, n)
     rows["noise_sd"] = np.round(rng("noise").uniform(*nui["noise_sd"], n), 4)
-    rows["r0"] = _r0(rows, spec["radius"])
+    rows["n_crossing"] = rng("crossing").integers(nui["n_crossing"][0], nui["n_crossing"][1] + 1, n)
+    rows["margin_strength"] = float(spec["difficulty"]["margin_strength"])
+    rows["r0"] = _r0(rows, radius_ranges(spec))
     rows["rho"] = np.nan if short is None else float(short["rho"])
     mal = _dist(lab["factor"], lab["malignant"], "label.malignant")
     rows["label_rule"] = f"{lab['factor']}=" + "|".join(lvl for lvl, p in mal.items() if p > 0)
@@ -381,8 +427,12 @@ def render(rows: pd.DataFrame, image_size: Optional[int] = None) -> Tuple[np.nda
         raise ValueError(f"rows to render mix image sizes {sorted(sizes)}; render each size separately")
     size, n = int(sizes[0]) if len(sizes) else int(image_size or 0), len(rows)
     rows = rows.copy()
+    for key, default in (("margin_strength", 1.0), ("n_crossing", 0)):  # rows written before these knobs
+        if key not in rows:
+            rows[key] = default
     # the continuous inputs are stored with 4 decimals; re-rounding makes a JSON round trip harmless
-    rows[["x", "y", "background", "noise_sd", "r0"]] = rows[["x", "y", "background", "noise_sd", "r0"]].round(4)
+    cont = ["x", "y", "background", "noise_sd", "r0", "margin_strength"]
+    rows[cont] = rows[cont].astype(float).round(4)
     images = np.empty((n, size, size), np.uint8)
     masks = np.empty((n, size, size), bool)
     drawn, threads = [], torch.get_num_threads()
@@ -406,6 +456,7 @@ def _render_chunk(rows: pd.DataFrame, size: int):
     b, n_u = len(rows), 4 + 2 * SPIKES[1]
     bg, tex, noise = (np.empty((b, size, size), np.float32) for _ in range(3))
     u_margin, u_vessel, z_fill = np.empty((b, n_u)), np.empty((b, MAX_VESSELS, 3)), np.empty(b)
+    u_cross = np.empty((b, MAX_CROSSING, 2))
     streams, tags = _Streams(), {}
     for i, (seed, preset, split, index) in enumerate(zip(rows["seed"], rows["preset"], rows["split"], rows["index"])):
         tag = tags.setdefault((preset, split), _tag(preset, split))
@@ -416,6 +467,7 @@ def _render_chunk(rows: pd.DataFrame, size: int):
         tex[i] = g.random((size, size), dtype=np.float32)
         u_margin[i] = streams.get(seed, tag, index, "margin").random(n_u)
         u_vessel[i] = streams.get(seed, tag, index, "vessels").random((MAX_VESSELS, 3))
+        u_cross[i] = streams.get(seed, tag, index, "crossing").random((MAX_CROSSING, 2))
         noise[i] = streams.get(seed, tag, index, "noise").standard_normal((size, size), dtype=np.float32)
     col = lambda name: _c(rows[name].to_numpy())
     yy, xx = _grid(size)
@@ -430,8 +482,11 @@ def _render_chunk(rows: pd.DataFrame, size: int):
         img += _c(n_vessels > v) * VESSEL_PEAK * _gauss((dist / VESSEL_SD) ** 2)
 
     # nodule body: polar boundary r0 (1 + a sin(k θ + φ)) with a blurred edge
-    margin = rows["margin"].to_numpy()
+    margin, strength = rows["margin"].to_numpy(), rows["margin_strength"].to_numpy(float)
+    # margin_strength s moves a lobulated margin's amplitude range towards the smooth one (s = 0: alike)
     lob = np.array([LOBULATION[m] for m in margin])
+    weak = (margin == "lobulated")[:, None] * (1 - strength[:, None])
+    lob = lob * (1 - weak) + np.array(LOBULATION["smooth"])[None] * weak
     a_lob = np.round(lob[:, 0] + u_margin[:, 0] * (lob[:, 1] - lob[:, 0]), 4)
     n_lobes = 3 + np.minimum((u_margin[:, 1] * 3).astype(int), 2)
     phase = 2 * np.pi * u_margin[:, 2]
@@ -444,16 +499,22 @@ def _render_chunk(rows: pd.DataFrame, size: int):
 
     # spiculated margin: n tapered radial spikes at angles φ + 2π (j ± 0.4) / n, so a pixel's
     # nearest spikes by angle are j0 = floor of its angular position and j0 + 1: render only those two
-    n_spikes = np.where(margin == "spiculated", SPIKES[0] + np.minimum(
-        (u_margin[:, 3] * (SPIKES[1] - SPIKES[0] + 1)).astype(int), SPIKES[1] - SPIKES[0]), 0)
+    # margin_strength s scales count, length, contrast and width of the spikes (s = 0: none)
+    base = SPIKES[0] + np.minimum((u_margin[:, 3] * (SPIKES[1] - SPIKES[0] + 1)).astype(int), SPIKES[1] - SPIKES[0])
+    n_spikes = np.where((margin == "spiculated") & (strength > 0),
+                        np.maximum(np.round(base * (0.3 + 0.7 * strength)), 1), 0).astype(int)
     spiky = np.flatnonzero(n_spikes)
     if len(spiky):
-        ns, ph, j = n_spikes[spiky], phase[spiky], np.arange(SPIKES[1])
+        ns, ph, j, s_k = n_spikes[spiky], phase[spiky], np.arange(SPIKES[1]), strength[spiky, None]
         ang = ph[:, None] + 2 * np.pi * (j + 0.8 * (u_margin[spiky, 4:4 + SPIKES[1]] - 0.5)) / ns[:, None]
         u_length = u_margin[spiky, 4 + SPIKES[1]:]
-        length = (SPIKE_LENGTH[0] + (SPIKE_LENGTH[1] - SPIKE_LENGTH[0]) * u_length) * r0[spiky, None]
+        fraction = SPIKE_LENGTH[0] + (SPIKE_LENGTH[1] - SPIKE_LENGTH[0]) * u_length
+        length = fraction * r0[spiky, None] * (0.3 + 0.7 * s_k)
         start = r0[spiky, None] * (1 + a_lob[spiky, None] * np.sin(n_lobes[spiky, None] * ang + ph[:, None])) - 1.5
+        length = np.minimum(length, _to_border(rows["x"].to_numpy(float)[spiky, None],
+                                               rows["y"].to_numpy(float)[spiky, None], ang, size) - BORDER - 1 - start)
         table = torch.from_numpy(np.stack([ang, length, start]).astype(np.float32))  # [3, S, n_max]
+        thin = _c(0.6 + 0.4 * s_k[:, 0])[:, 0]
         sr, st = r[spiky].flatten(1), theta[spiky].flatten(1)
         pos = torch.remainder((st - _c(ph)[:, 0]) / (2 * np.pi), 1.0) * _c(ns)[:, 0]
         spikes = torch.zeros_like(sr)
@@ -462,12 +523,12 @@ def _render_chunk(rows: pd.DataFrame, size: int):
             a_k, len_k, start_k = (table[i].gather(1, k) for i in range(3))
             along = sr * torch.cos(st - a_k) - start_k
             across = sr * torch.sin(st - a_k)
-            width = SPIKE_SD[0] + (SPIKE_SD[1] - SPIKE_SD[0]) * (along / len_k).clamp(0, 1)
+            width = thin * (SPIKE_SD[0] + (SPIKE_SD[1] - SPIKE_SD[0]) * (along / len_k).clamp(0, 1))
             cap = (along - len_k).clamp(min=0) / 0.5  # soft round tip
             profile = _gauss((across / width) ** 2 + cap * cap) * (along > 0)
             spikes = torch.maximum(spikes, profile)
         spikes = spikes.view(len(spiky), size, size)
-        alpha[spiky] = torch.maximum(alpha[spiky], spikes)
+        alpha[spiky] = torch.maximum(alpha[spiky], _c(s_k[:, 0]) * spikes)  # contrast s
         mask[spiky] |= spikes > 0.5
 
     # fill: per-nodule level plus smooth internal texture; composite over the background; noise
@@ -475,10 +536,26 @@ def _render_chunk(rows: pd.DataFrame, size: int):
     level = np.array([FILL[d][0] for d in density]) + FILL_JITTER * z_fill
     tex_sd = np.array([FILL[d][1] for d in density])
     fill = _c(level) + _c(tex_sd) * _smooth_unit(tex, 1.0)
-    img = img * (1 - alpha) + fill * alpha + col("noise_sd") * torch.from_numpy(noise)
+    img = img * (1 - alpha) + fill * alpha
+    # distractor vessels crossing the nodule: straight lines within r0/2 of its centre, over the body
+    n_crossing = rows["n_crossing"].to_numpy()
+    for v in range(int(n_crossing.max(initial=0))):
+        offset, ang = _c((u_cross[:, v, 0] - 0.5) * r0), _c(u_cross[:, v, 1] * np.pi)
+        dist = dx * torch.sin(ang) - dy * torch.cos(ang) - offset
+        img += _c(n_crossing > v) * CROSSING_PEAK * _gauss((dist / VESSEL_SD) ** 2)
+    img += col("noise_sd") * torch.from_numpy(noise)
     images = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
     return images.numpy(), mask.numpy(), {"a_lob": a_lob, "n_lobes": n_lobes, "n_spikes": n_spikes,
                                           "fill": np.round(level, 4)}
+
+
+def _to_border(x: np.ndarray, y: np.ndarray, ang: np.ndarray, size: int) -> np.ndarray:
+    """Distance from (x, y) to the patch border along direction ``ang`` (x = column, y = row)."""
+    with np.errstate(divide="ignore"):
+        cos, sin = np.cos(ang), np.sin(ang)
+        tx = np.where(cos > 1e-9, (size - 1 - x) / cos, np.where(cos < -1e-9, x / -cos, np.inf))
+        ty = np.where(sin > 1e-9, (size - 1 - y) / sin, np.where(sin < -1e-9, y / -sin, np.inf))
+    return np.minimum(tx, ty)
 
 
 # ----------------------------------------------------------------------------- the data source
@@ -488,7 +565,7 @@ def _fingerprint(preset, spec, rho, label_factor, shortcut_factor, image_size, *
                         image_size=image_size)
 
 
-@register_source("nodules", version=1, fingerprint=_fingerprint)
+@register_source("nodules", version=2, fingerprint=_fingerprint)  # 2: difficulty knobs, spikes kept inside
 def build(preset: str = "train", seed: int = 0, n_train: int = 10000, n_val: int = 2000, n_test: int = 2000,
           image_size: int = 64, rho: float = -1.0, label_factor: str = "", shortcut_factor: str = "",
           spec: Optional[dict] = None) -> DataBundle:
@@ -532,7 +609,8 @@ def load_study(seed: int = 0, *, n_train: int = 10000, n_val: int = 2000, n_test
 # ----------------------------------------------------------------------------- counterfactuals
 _DEFAULT_ROW = {"index": 0, "seed": 0, "preset": "train", "split": "custom", "image_size": 64, "size": "large",
                 "margin": "smooth", "density": "solid", "background": 0.15, "n_vessels": 0, "noise_sd": 0.02,
-                "rho": np.nan, "label_rule": "margin=spiculated", "shortcut_rule": "size=large"}
+                "rho": np.nan, "label_rule": "margin=spiculated", "shortcut_rule": "size=large",
+                "margin_strength": 1.0, "n_crossing": 0}
 
 
 def _as_rows(rows, spec) -> pd.DataFrame:
@@ -548,8 +626,8 @@ def _as_rows(rows, spec) -> pd.DataFrame:
     for key in ("x", "y"):
         if key not in rows:
             rows[key] = (rows["image_size"].astype(float) - 1) / 2
-    rows = rows.astype({"index": int, "seed": int, "image_size": int, "n_vessels": int,
-                        "x": float, "y": float, "background": float, "noise_sd": float})
+    rows = rows.astype({"index": int, "seed": int, "image_size": int, "n_vessels": int, "n_crossing": int,
+                        "x": float, "y": float, "background": float, "noise_sd": float, "margin_strength": float})
     _check_change(rows, {k: rows[k] for k in FACTORS}, "rows")
     if "r0" not in rows:
         rows["r0"] = _r0(rows, _radius(rows, spec))
@@ -558,7 +636,7 @@ def _as_rows(rows, spec) -> pd.DataFrame:
 
 def _radius(rows: pd.DataFrame, spec) -> dict:
     preset = rows["preset"].iloc[0] if len(rows) and rows["preset"].iloc[0] in PRESETS else "train"
-    return resolve_spec(preset, spec, image_size=int(rows["image_size"].max()))["radius"]
+    return radius_ranges(resolve_spec(preset, spec, image_size=int(rows["image_size"].max())))
 
 
 def _check_change(rows: pd.DataFrame, change: Mapping, where: str) -> None:
@@ -571,12 +649,14 @@ def _check_change(rows: pd.DataFrame, change: Mapping, where: str) -> None:
             if bad:
                 raise ValueError(f"unknown {key} level {bad[0]!r} in {where}; valid levels: {', '.join(LEVELS[key])}")
             continue
-        hi = {"background": 1.0, "noise_sd": 0.5, "n_vessels": MAX_VESSELS}.get(key, rows["image_size"].min() - 1)
+        hi = {"background": 1.0, "noise_sd": 0.5, "n_vessels": MAX_VESSELS, "n_crossing": MAX_CROSSING,
+              "margin_strength": 1.0}.get(key, rows["image_size"].min() - 1)
         numeric = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(float)
         if np.isnan(numeric).any() or (numeric < 0).any() or (numeric > hi).any() or (
-                key == "n_vessels" and (numeric % 1).any()):
+                key in ("n_vessels", "n_crossing") and (numeric % 1).any()):
             shown = value if not np.ndim(value) else values[0]
-            raise ValueError(f"{key}={shown!r} in {where} must be {'an integer ' if key == 'n_vessels' else ''}"
+            kind = "an integer " if key in ("n_vessels", "n_crossing") else ""
+            raise ValueError(f"{key}={shown!r} in {where} must be {kind}"
                              f"in [0, {hi}]")
 
 
@@ -620,7 +700,8 @@ def preview_grid(factor: str, n: int = 6, preset: str = "train", seed: int = 0, 
     spec = resolve_spec(preset, image_size=image_size)
     centre, jitter = (image_size - 1) / 2, spec["nuisance"]["jitter"]
     sweeps = {"x": (centre - jitter, centre, centre + jitter), "y": (centre - jitter, centre, centre + jitter),
-              "background": (0.10, 0.15, 0.20), "n_vessels": (0, 1, 2, 3), "noise_sd": (0.0, 0.02, 0.05)}
+              "background": (0.10, 0.15, 0.20), "n_vessels": (0, 1, 2, 3), "noise_sd": (0.0, 0.02, 0.05),
+              "n_crossing": (0, 1, 2), "margin_strength": (1.0, 0.5, 0.25, 0.0)}
     values = list(values if values is not None else LEVELS.get(factor, sweeps.get(factor)))
     rows = sample_factors(spec, preset=preset, split="preview", n=n, seed=seed, image_size=image_size)
     fig, axes = plt.subplots(len(values), n, figsize=(1.3 * n, 1.35 * len(values)), squeeze=False)

@@ -24,7 +24,9 @@ UNTRAINED = "untrained encoder"
 
 
 def _runs(study: Study):
-    return [e for e in study.entries if e.label != LEARNABILITY]
+    """The runs the analyses read: no learnability control, only the first ``analysis_seeds`` seeds."""
+    seeds = list(study.settings["seeds"])[:study.settings.get("analysis_seeds", len(study.settings["seeds"]))]
+    return [e for e in study.entries if e.label != LEARNABILITY and e.seed in seeds]
 
 
 def untrained_model(study: Study) -> torch.nn.Module:

@@ -143,3 +143,62 @@ def embedding_figure(emb: Dict[str, Tuple[np.ndarray, pd.DataFrame]], source: st
     name = {"tsne": "t-SNE", "umap": "UMAP"}.get(method, method)
     fig.suptitle(titled(f"{name} of frozen features h (ρ 0.5 probe images), coloured by factor", source), fontsize=10)
     return fig
+
+
+def regime_figure(table: pd.DataFrame, chosen: pd.Series, source: str, conflict_range=(0.3, 0.7),
+                  min_learnability: float = 0.9):
+    """The regime map: CE's test_conflict accuracy per (training ρ, margin strength), the learnability
+    control (CE at ρ 0.5) as the last row; the chosen study cell framed."""
+    plt = _plt()
+    strengths = sorted(table["margin_strength"].unique())
+    rhos = sorted(table["rho"].unique(), reverse=True)
+    grid = table.pivot_table(index="rho", columns="margin_strength", values="conflict_accuracy").reindex(
+        index=rhos, columns=strengths)
+    learn = table.groupby("margin_strength")["learnability"].first().reindex(strengths)
+    values = np.vstack([grid.to_numpy(float), learn.to_numpy(float)[None]])
+    fig, ax = plt.subplots(figsize=(1.1 * len(strengths) + 4.6, 0.8 * len(values) + 1.8))
+    im = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9)
+    i, j = rhos.index(chosen["rho"]), strengths.index(chosen["margin_strength"])
+    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+    ax.set_xticks(range(len(strengths)))
+    ax.set_xticklabels([f"{s:g}" for s in strengths])
+    ax.set_yticks(range(len(values)))
+    ax.set_yticklabels([f"CE, train ρ {r:g}" for r in rhos] + ["control: CE, ρ 0.5"])
+    ax.set_xlabel("margin strength (1 = obvious spicules, 0 = none)")
+    bar = fig.colorbar(im, ax=ax, fraction=0.04)
+    bar.set_label("test_conflict accuracy\n(0 = size only, 1 = margin only)", fontsize=8)
+    rule = (f"frame: study cell (CE conflict accuracy in [{conflict_range[0]}, {conflict_range[1]}], control "
+            f">= {min_learnability})" + ("" if chosen.get("meets_rule", True) else " — no cell meets the rule"))
+    ax.set_title(titled(f"regime map: where CE takes the size shortcut\n{rule}", source), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def curve_figure(curve: pd.DataFrame, source: str):
+    """test_conflict accuracy per loss against margin strength (seed × image 95 % intervals)."""
+    plt = _plt()
+    losses = list(dict.fromkeys(curve["loss"]))
+    colours = _colours(losses)
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    strengths = sorted(curve["margin_strength"].unique())
+    step = (strengths[-1] - strengths[0]) / max(len(strengths) - 1, 1) if len(strengths) > 1 else 0.1
+    for k, loss in enumerate(losses):
+        g = curve[curve["loss"] == loss].sort_values("margin_strength")
+        x = g["margin_strength"] + (k - len(losses) / 2) * 0.02 * step
+        err = np.vstack([g["conflict"] - g["conflict_lo"], g["conflict_hi"] - g["conflict"]])
+        seeds = "/".join(str(n) for n in g["n_seeds"])
+        ax.errorbar(x, g["conflict"], yerr=err, marker="o", ms=5, capsize=3, color=colours[loss],
+                    label=f"{loss} (seeds {seeds})")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(strengths)
+    ax.set_xlabel("margin strength (label cue visibility)")
+    ax.set_ylabel("test_conflict accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(titled("where each loss starts to take the shortcut\n(mean, 95 % seed × image interval; "
+                        "1 seed: test-patch noise only)", source), fontsize=10)
+    fig.tight_layout()
+    return fig

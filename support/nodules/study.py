@@ -1,5 +1,5 @@
 """The nodule study's runs and test-set measurements: configs, training, predictions per test preset,
-metrics with 95 % CIs, the accuracy-vs-ρ curve, the reliance score and the oracle.
+the reliance score and the oracle (the tables with intervals: :mod:`.comparison`).
 
 Every run is a normal run folder trained by :func:`support.training.train_many` (CE end to end; the
 embedding losses in two stages, see ``TrainConfig.mode``). Test presets are other distributions of
@@ -17,14 +17,13 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from .. import artifacts, paths, profiles, stats, training
+from .. import artifacts, paths, profiles, training
 from ..data import load as load_data
 from ..data import nodules as nd
 from ..runs import Run
 
 #: Test presets with the ρ = P(size matches the label) they were drawn with (the ρ figure's x axis).
 RHO_PRESETS = {"test_iid": 0.95, "test_decorrelated": 0.5, "test_conflict": 0.0}
-METRICS = ("accuracy", "sensitivity", "specificity", "auroc")
 ORACLE = "oracle (true factors)"
 LEARNABILITY = "cce trained at rho 0.5"
 
@@ -58,6 +57,7 @@ class Study:
     profile: str = "quick"
     runs_dir: Optional[Path] = None
     overrides: dict = field(default_factory=dict)
+    tests: tuple = nd.STUDY_TESTS  # the test presets predicted on
 
     def __post_init__(self):
         settings = profiles.get(self.profile).get("nodules")
@@ -70,8 +70,14 @@ class Study:
         self.root = Path(self.runs_dir) if self.runs_dir else paths.runs_dir()
 
     # ------------------------------------------------------------------ runs
-    def data_params(self, preset: str = "train") -> dict:
-        return {"name": "nodules", "preset": preset, **self.settings["data"]}
+    @property
+    def train_preset(self) -> str:
+        """The training distribution: ``train`` (ρ 0.95) unless the settings name another (``train_redundant``)."""
+        return self.settings.get("train_preset", "train")
+
+    def data_params(self, preset: str = "") -> dict:
+        """``support.data.load`` parameters of ``preset`` (default: the training preset) at the study's difficulty."""
+        return {"name": "nodules", "preset": preset or self.train_preset, **self.settings["data"]}
 
     @cached_property
     def entries(self) -> List[Entry]:
@@ -104,8 +110,9 @@ class Study:
         """{preset: test Split} for every study test preset (the generator's cache makes this cheap)."""
         d = dict(self.settings["data"])
         bundles = nd.load_study(seed=d.pop("seed"), n_train=d.pop("n_train"), n_val=d.pop("n_val"),
-                                n_test=d.pop("n_test"), verbose=False, **d)
-        return {name: b.splits["test"] for name, b in bundles.items() if name != "train"}
+                                n_test=d.pop("n_test"), train=self.train_preset, tests=self.tests, verbose=False,
+                                **d)
+        return {name: b.splits["test"] for name, b in bundles.items() if name != self.train_preset}
 
     @cached_property
     def train_bundle(self):
@@ -159,65 +166,6 @@ def load_model(run_dir: Path):
     from ..ensembles.model_level import load_member
 
     return load_member(run_dir).eval()
-
-
-# ----------------------------------------------------------------------------- tables
-def _rates(cm: np.ndarray) -> Dict[str, np.ndarray]:
-    """Accuracy, sensitivity (malignant recall), specificity (benign recall) of confusion matrices [..., 2, 2]."""
-    cm = cm.astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {"accuracy": np.trace(cm, axis1=-2, axis2=-1) / cm.sum((-2, -1)),
-                "sensitivity": cm[..., 1, 1] / cm[..., 1, :].sum(-1),
-                "specificity": cm[..., 0, 0] / cm[..., 0, :].sum(-1)}
-
-
-def _boot(y: np.ndarray, probs_by_seed: List[np.ndarray], idx: np.ndarray) -> Dict[str, np.ndarray]:
-    """Seed-averaged metric of every resample (same resamples for every seed): {metric: float[B]}."""
-    out = {m: [] for m in METRICS}
-    for p in probs_by_seed:
-        full = np.stack([1 - p, p], 1)
-        for m, v in _rates(stats.batched_confusion(y, full.argmax(1), idx, 2)).items():
-            out[m].append(v)
-        out["auroc"].append(stats.bootstrap_values(y, full, "auroc_macro", idx) if len(np.unique(y)) == 2
-                            else np.full(len(idx), np.nan))
-    return {m: np.mean(v, 0) for m, v in out.items()}
-
-
-def metrics_table(preds: pd.DataFrame, n_boot: int = 1000, level: float = 0.95) -> pd.DataFrame:
-    """Per (loss, preset): mean and sd over seeds of accuracy, sensitivity, specificity and AUROC,
-    and the 95 % stratified-bootstrap CI of the seed-averaged value (resampling test images)."""
-    from sklearn.metrics import roc_auc_score
-
-    rows = []
-    for (label, preset), g in preds.groupby(["label", "preset"], sort=False):
-        y = g["y"].iloc[0]
-        per_seed = []
-        for p in g["probs"]:
-            cm = stats.batched_confusion(y, (p >= 0.5).astype(int), np.arange(len(y))[None], 2)[0]
-            v = {m: float(x) for m, x in _rates(cm).items()}
-            v["auroc"] = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
-            per_seed.append(v)
-        boot = _boot(y, list(g["probs"]), stats.resample_indices(y, n_boot, True, seed=0))
-        row = {"loss": label, "preset": preset, "rho": RHO_PRESETS.get(preset, np.nan), "n_seeds": len(g),
-               "n_test": len(y)}
-        q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
-        for m in METRICS:
-            vals = np.array([s[m] for s in per_seed])
-            row[f"{m}_mean"], row[f"{m}_sd"] = float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else np.nan
-            row[f"{m}_lo"], row[f"{m}_hi"] = (np.nanpercentile(boot[m], q) if np.isfinite(boot[m]).any()
-                                              else (np.nan, np.nan))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def display_table(table: pd.DataFrame, metrics=METRICS, digits: int = 3) -> pd.DataFrame:
-    """``mean ± sd [lo, hi]`` strings (sd over seeds, 95 % CI), one row per loss, one column per (preset, metric)."""
-    f = f"{{:.{digits}f}}"
-    sd = lambda v: f" ± {f.format(v)}" if np.isfinite(v) else ""  # one seed (oracle, control): no sd
-    cells = table.apply(lambda r: {m: f"{f.format(r[m + '_mean'])}{sd(r[m + '_sd'])} "
-                                      f"[{f.format(r[m + '_lo'])}, {f.format(r[m + '_hi'])}]" for m in metrics}, axis=1)
-    long = pd.DataFrame(list(cells), index=pd.MultiIndex.from_frame(table[["loss", "preset"]]))
-    return long.unstack("preset").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
 
 
 def reliance(preds: pd.DataFrame, test_sets: dict, preset: str = "test_conflict") -> pd.DataFrame:
