@@ -135,10 +135,12 @@ def test_resume_after_interrupt_equals_uninterrupted(isolated_dirs, tiny_data):
     cut = isolated_dirs / "cut" / tiny_config().key()
     assert (cut / "last.pt").exists() and not (cut / "metrics.json").exists()
     assert runs.find_runs(isolated_dirs / "cut") == []  # unfinished is never a result
-    trained = []
+    trained, published = [], []
     resumed = training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "cut",
-                                 on_epoch_end=lambda m, epoch: trained.append(epoch))
+                                 on_epoch_end=lambda m, epoch: trained.append(epoch),
+                                 on_finish=lambda m: published.append(training.is_finished(m.folder.final)))
     assert trained == [2]  # epochs 0 and 1 were not trained again
+    assert published == [True]  # on_finish: once, after the folder was published
     np.testing.assert_array_equal(runs.Run(full).probs("test"), runs.Run(resumed).probs("test"))
     assert list(runs.Run(resumed).log["epoch"]) == [0, 1, 2]
 
