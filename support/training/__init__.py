@@ -56,6 +56,7 @@ from .loop import run_dir_for, train_many, train_one
 from .member import Member, val_scores
 
 _Member = Member  # its name before the package split, still used by tests on other branches
+# CHANNELS_LAST above is a copy for reading; to switch the layout set support.training.batches.CHANNELS_LAST.
 
 __all__ = [
     "CHANNELS_LAST", "EXECUTION_FIELDS", "INITS", "KNN_K", "KNN_REFERENCE", "LR_SCHEDULES", "MODES", "MONITORS",
