@@ -109,13 +109,11 @@ def test_training_imports_without_fcntl(tmp_path):
 
 # ----------------------------------------------------------------------------- the segmentation loop
 @pytest.fixture(scope="module")
-def seg_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rundir_seg")
+def seg_dirs(tmp_path_factory, shared_data_dir):
+    """The session's data cache; every run folder of these tests goes to an explicit ``runs_dir`` below this."""
     mp = pytest.MonkeyPatch()
-    for var, sub in (("LOSSBENCH_DATA_DIR", "data"), ("LOSSBENCH_RUNS_DIR", "runs"),
-                     ("LOSSBENCH_FIGURES_DIR", "figures")):
-        mp.setenv(var, str(root / sub))
-    yield root
+    mp.setenv("LOSSBENCH_DATA_DIR", str(shared_data_dir))
+    yield tmp_path_factory.mktemp("rundir_seg")
     mp.undo()
 
 
