@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
+
+import filelock
 
 from . import paths, profiles
 from .kernels import describe_failure, kernel_env, kernel_manager_class
@@ -288,30 +289,26 @@ def run_jobs(jobs: List[Job], workers: int, fail_fast: bool, report, timeout: Op
     return done
 
 
-def acquire_lock(wait: bool):
-    """Hold ``runs/.run_all.lock`` for the life of the process."""
+def acquire_lock(wait: bool) -> filelock.FileLock:
+    """Hold ``runs/.run_all.lock`` until ``release()`` (or the process ends); who holds it is in
+    ``runs/.run_all.holder``."""
     root = paths.runs_dir()
     root.mkdir(parents=True, exist_ok=True)
-    fh = open(root / ".run_all.lock", "a+")
+    lock, holder_file = filelock.FileLock(root / ".run_all.lock", preserve_lock_file=True), root / ".run_all.holder"
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        holder = (holder_file.read_text().strip() if holder_file.exists() else "") or "another process"
         if not wait:
-            fh.close()
             raise SystemExit(
                 f"another ./run_all.sh is already running on {root} ({holder}). Wait for it to finish, "
                 "or pass --wait to queue behind it, or set LOSSBENCH_RUNS_DIR to use another folder."
             ) from None
         print(f"[run_all] another ./run_all.sh is running on {root} ({holder}); waiting for it to finish "
               "(--wait)", flush=True)
-        fcntl.flock(fh, fcntl.LOCK_EX)
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    fh.flush()
-    return fh
+        lock.acquire()
+    holder_file.write_text(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    return lock
 
 
 def parse_args(argv=None):
@@ -436,7 +433,7 @@ def main(argv=None) -> int:
         print(f"[run_all] {count}/{len(jobs)} {job.output.stem}: {status} ({job.seconds:.0f} s)", flush=True)
 
     done = run_jobs(jobs, workers, args.fail_fast, report, timeout=timeout or None)
-    lock.close()
+    lock.release()
     failed = [j for j in done if j.error]
     total = time.perf_counter() - start
     notebook_runs = [j for j in done if not j.train]

@@ -127,7 +127,7 @@ def test_training_step_has_no_host_sync_and_fast_path_matches_plain(isolated_dir
     # the layouts compared in fp32 (amp=False): bf16 rounding would differ between their kernels
     fast = training.train_one(tiny(augment=True, loss="cal_focal", amp=False), data=tiny_data, progress=False,
                               runs_dir=isolated_dirs / "fast")
-    monkeypatch.setattr(training, "CHANNELS_LAST", False)
+    monkeypatch.setattr(training.batches, "CHANNELS_LAST", False)
     plain = training.train_one(tiny(augment=True, loss="cal_focal", amp=False), data=tiny_data, progress=False,
                                runs_dir=isolated_dirs / "plain")
     fast_log, plain_log = runs.Run(fast).log, runs.Run(plain).log

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from support import artifacts, paths, pipeline, runs, training
+from support import artifacts, models, paths, pipeline, runs, training
 from support.data import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,27 +107,23 @@ CHILD = textwrap.dedent('''
     import io, json, os, sys, threading
     from pathlib import Path
     from support import artifacts, training
+    from support.training import loop
 
     mode, marker, runs_dir = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     config = training.TrainConfig(**json.loads(sys.argv[4]))
-    state = {"epochs_done": 0, "in_end": False, "train_batches": 0}
+    state = {"epochs_done": 0, "train_batches": 0}
 
     def park(note):
         marker.write_text(note)
         threading.Event().wait()  # stay here until the parent's kill -9
 
-    real_end, real_prepare, real_write = training._end_epoch, training.prepare_batch, artifacts.atomic_write
+    real_prepare, real_write = loop.prepare_batch, artifacts.atomic_write
 
-    def end_epoch(*a, **k):
-        state["in_end"] = True
-        try:
-            real_end(*a, **k)
-        finally:
-            state["in_end"] = False
+    def end_epoch(m, epoch):
         state["epochs_done"] += 1
 
-    def prepare_batch(*a, **k):
-        if mode == "mid-epoch" and state["epochs_done"] == 1 and not state["in_end"]:
+    def prepare_batch(*a, **k):  # the loop's training batches (validation prepares its own)
+        if mode == "mid-epoch" and state["epochs_done"] == 1:
             state["train_batches"] += 1
             if state["train_batches"] == 3:
                 park("epoch 1, batch 3")
@@ -146,8 +142,8 @@ CHILD = textwrap.dedent('''
             return real_write(path, half)
         return real_write(path, write)
 
-    training._end_epoch, training.prepare_batch, artifacts.atomic_write = end_epoch, prepare_batch, atomic_write
-    training.train_one(config, runs_dir=runs_dir, progress=False)
+    loop.prepare_batch, artifacts.atomic_write = prepare_batch, atomic_write
+    training.train_one(config, runs_dir=runs_dir, progress=False, on_epoch_end=end_epoch)
     print("child finished without being killed")
 ''')
 
@@ -249,16 +245,13 @@ def test_full_disk_keeps_the_previous_checkpoint_and_never_a_half_file(case, iso
     assert runs.find_runs() == [] and runs.find_runs.problems == []
     state = artifacts.load_state(run_dir / "last.pt")  # the previous checkpoint is intact
     assert state["next_epoch"] == epochs_kept
-    training.models.build("small_cnn", 3, dcl_channels=128, width=8).load_state_dict(
+    models.build("small_cnn", 3, dcl_channels=128, width=8).load_state_dict(
         artifacts.load_state(run_dir / "best.pt"))
 
     # Space is back: the re-run resumes (no finished epoch is trained again) and equals an uninterrupted run.
     seen["free_space"]()
     trained = []
-    real_end = training._end_epoch
-    monkeypatch.setattr(training, "_end_epoch", lambda m, epoch, *a, **k: (trained.append(epoch),
-                                                                          real_end(m, epoch, *a, **k)))
-    d = training.train_one(cfg, data=bundle, progress=False)
+    d = training.train_one(cfg, data=bundle, progress=False, on_epoch_end=lambda m, epoch: trained.append(epoch))
     assert trained == list(range(epochs_kept, 2))
     same_result(d, baseline)
 
@@ -340,13 +333,11 @@ def test_damaged_run_is_reported_never_tabled_and_recomputed_only_with_force(cas
     assert runs.runs_table(found).empty
 
     # Without force: not retrained, not silently used, the damaged file left as it is.
-    real_group = training._train_group
-    monkeypatch.setattr(training, "_train_group", lambda *a, **k: pytest.fail("recomputed without force"))
     with pytest.raises(training.TrainingError) as info:
-        training.train_one(cfg, data=bundle, progress=False)
+        training.train_one(cfg, data=bundle, progress=False,
+                           on_epoch_end=lambda m, epoch: pytest.fail("recomputed without force"))
     assert str(run_dir) in str(info.value) and "force=True" in str(info.value)
     assert (run_dir / name).read_bytes() == damaged
-    monkeypatch.setattr(training, "_train_group", real_group)
 
     if case == "best.pt truncated":  # recomputed when asked (once: tests/test_training.py forces another case)
         with warnings.catch_warnings():
@@ -375,7 +366,7 @@ def test_second_pipeline_exits_with_a_clear_message(isolated_dirs):
                               cwd=ROOT, env=child_env(isolated_dirs / "data", isolated_dirs / "runs"),
                               capture_output=True, text=True, timeout=DEADLINE)
     finally:
-        lock.close()
+        lock.release()
     assert proc.returncode != 0
     runs_root = paths.runs_dir()
     assert f"another ./run_all.sh is already running on {runs_root} (pid {os.getpid()}" in proc.stderr
@@ -399,7 +390,7 @@ def test_waiting_pipeline_queues_behind_the_first(isolated_dirs, tmp_path):
         assert proc.poll() is None and "holds the lock" not in out.read_text()  # still queued
         assert f"pid {os.getpid()}" in out.read_text()
     finally:
-        lock.close()  # the first pipeline ends ...
+        lock.release()  # the first pipeline ends ...
     assert proc.wait(timeout=DEADLINE) == 0  # ... and the second goes on
     assert "second holds the lock" in out.read_text()
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from support import artifacts, losses, models, runs, training
+from support import artifacts, losses, models, rundir, runs, training
 from support.data import load
 
 TINY = {"name": "phantom", "n": 240, "image_size": 64}
@@ -113,33 +113,34 @@ def test_determinism_same_seed_same_metrics(isolated_dirs, tiny_data):
 
 
 @pytest.mark.slow
-def test_finished_run_is_skipped(isolated_dirs, tiny_data, monkeypatch):
+def test_finished_run_is_skipped(isolated_dirs, tiny_data):
     d = training.train_one(tiny_config(), data=tiny_data, progress=False)
     before = (d / "metrics.json").stat().st_mtime_ns
-    monkeypatch.setattr(training, "_train_group", lambda *a, **k: pytest.fail("retrained a finished run"))
-    assert training.train_one(tiny_config(), data=tiny_data, progress=False) == d
+    retrain = lambda m, epoch: pytest.fail("retrained a finished run")  # noqa: E731
+    assert training.train_one(tiny_config(), data=tiny_data, progress=False, on_epoch_end=retrain) == d
     assert (d / "metrics.json").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
-def test_resume_after_interrupt_equals_uninterrupted(isolated_dirs, tiny_data, monkeypatch):
+def test_resume_after_interrupt_equals_uninterrupted(isolated_dirs, tiny_data):
     full = training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "full")
-    # Interrupt after epoch 1: make the end of epoch 1 raise, as a kill would stop the process.
-    real = training._end_epoch
-
-    def stop_after_first(m, epoch, *a, **k):
-        real(m, epoch, *a, **k)
+    # Interrupt after epoch 1 (saved): the hook raises, as a kill would stop the process there.
+    def stop_after_first(m, epoch):
         if epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_end_epoch", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
-        training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "cut")
+        training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "cut",
+                           on_epoch_end=stop_after_first)
     cut = isolated_dirs / "cut" / tiny_config().key()
     assert (cut / "last.pt").exists() and not (cut / "metrics.json").exists()
     assert runs.find_runs(isolated_dirs / "cut") == []  # unfinished is never a result
-    monkeypatch.setattr(training, "_end_epoch", real)
-    resumed = training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "cut")
+    trained, published = [], []
+    resumed = training.train_one(tiny_config(), data=tiny_data, progress=False, runs_dir=isolated_dirs / "cut",
+                                 on_epoch_end=lambda m, epoch: trained.append(epoch),
+                                 on_finish=lambda m: published.append(training.is_finished(m.folder.final)))
+    assert trained == [2]  # epochs 0 and 1 were not trained again
+    assert published == [True]  # on_finish: once, after the folder was published
     np.testing.assert_array_equal(runs.Run(full).probs("test"), runs.Run(resumed).probs("test"))
     assert list(runs.Run(resumed).log["epoch"]) == [0, 1, 2]
 
@@ -270,7 +271,7 @@ def test_augment_is_reproducible_and_small():
 @pytest.mark.slow
 def test_warm_up_epochs_do_not_count_towards_early_stopping(isolated_dirs, tiny_data, monkeypatch):
     # Validation never improves after epoch 0: patience 1 stops at epoch 1, unless 3 warm-up epochs come first.
-    monkeypatch.setattr(training, "_val_scores", lambda *a: {"val_accuracy": 0.5, "val_mcc": 0.0, "val_nll": 1.0})
+    monkeypatch.setattr(training.member, "val_scores", lambda *a: {"val_accuracy": 0.5, "val_mcc": 0.0, "val_nll": 1.0})
     epochs = {}
     for warm in (0, 3):
         d = training.train_one(tiny_config(max_epochs=8, patience=1, start_from_epoch=warm), data=tiny_data,
@@ -316,15 +317,16 @@ def test_cosine_schedule_decays_every_epoch_to_a_hundredth(isolated_dirs, tiny_d
 def test_a_second_writer_waits_then_reuses_the_finished_run(isolated_dirs, tiny_data, monkeypatch, capsys):
     """LOSSBENCH_WAIT_FOR_RUNS=1 (./run_all.sh --jobs N): the second writer blocks on the run lock, and once
     the first one has finished the run it reads that run instead of training it again."""
-    import fcntl
     import threading
+
+    import filelock
     import time
 
     cfg = tiny_config(max_epochs=1)
     d = training.run_dir_for(cfg, None)
     d.mkdir(parents=True)
-    holder = open(d / ".lock", "w")
-    fcntl.flock(holder, fcntl.LOCK_EX)  # "another process" (flock locks belong to the open file)
+    holder = filelock.FileLock(d / ".lock", preserve_lock_file=True)
+    holder.acquire()  # "another process" (a second FileLock of the same file waits for this one)
     monkeypatch.setenv(training.WAIT_ENV, "1")
     result = {}
     waiter = threading.Thread(target=lambda: result.setdefault(
@@ -337,11 +339,10 @@ def test_a_second_writer_waits_then_reuses_the_finished_run(isolated_dirs, tiny_
     assert "being trained by another process; waiting for it" in seen and waiter.is_alive()
     # The "other process" finishes the run (its own lock is the one held above), then releases the lock.
     with monkeypatch.context() as m:
-        m.setattr(training, "run_lock", lambda run_dir, wait=None: contextlib.nullcontext())
+        m.setattr(rundir, "run_lock", lambda run_dir, wait=None: contextlib.nullcontext())
         training.train_one(cfg, data=tiny_data, progress=False)
     finished = (d / "metrics.json").stat().st_mtime_ns
-    fcntl.flock(holder, fcntl.LOCK_UN)
-    holder.close()
+    holder.release()
     waiter.join(timeout=120)
     assert result["dir"] == d and (d / "metrics.json").stat().st_mtime_ns == finished  # read, not retrained
 

@@ -1,7 +1,7 @@
 """Train the lung U-Net: ``train_seg(config)`` for one loss, ``train_losses(profile)`` for the paper's five.
 
-Run folder ``runs/seg-<key>/`` with the classification runs' conventions (see
-:mod:`support.training`): ``config.json`` first, ``log.csv`` (one row per epoch), ``best.pt``
+Run folder ``runs/seg-<key>/``, with the classification runs' life cycle (one mechanism,
+:mod:`support.rundir`): ``config.json`` first, ``log.csv`` (one row per epoch), ``best.pt``
 (state dict of the epoch with the lowest val loss, the paper's ModelCheckpoint), ``last.pt``
 (resume state, removed at the end), ``masks.npz`` (predicted and true val/test masks, bit-packed,
 with ids) and ``metrics.json`` LAST. Every file is written atomically; a finished run is
@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -32,8 +30,9 @@ from tqdm.auto import tqdm
 from .. import artifacts, logs, paths
 from ..data import load as load_data
 from ..losses import build as build_loss
-from ..training import (TrainingError, augment_batch, git_sha, is_finished, prepare_batch, resolve_device,
-                        run_lock, to_device_images, train_input_stats)
+from ..rundir import RunFolder, git_sha, is_finished
+from ..training import (TrainingError, augment_batch, prepare_batch, resolve_device, to_device_images,
+                        train_input_stats)
 from .config import RUN_PREFIX, SEG_LOSSES, SegConfig, build_model
 from .metrics import mean_scores, pack_masks
 
@@ -154,10 +153,12 @@ def _validate(st: _State, loss_fn, config: SegConfig, x, m) -> dict:
     return {"val_loss": total / len(x), **{f"val_{k}": v for k, v in scores.items()}}
 
 
-def train_seg(config: SegConfig, runs_dir=None, force: bool = False, progress: bool = True, data=None) -> Path:
+def train_seg(config: SegConfig, runs_dir=None, force: bool = False, progress: bool = True, data=None,
+              on_epoch_end: Optional[Callable[["_State", int], None]] = None) -> Path:
     """Train one U-Net (or return its finished folder) and return ``runs/seg-<key>``.
 
-    ``data`` (optional) is the already loaded bundle of ``config.data``. Raises
+    ``data`` (optional) is the already loaded bundle of ``config.data``; ``on_epoch_end(state, epoch)``
+    runs after each epoch is saved (``log.csv``, ``last.pt``). Raises
     :class:`~support.training.TrainingError` on a non-finite loss (the folder keeps its last
     good checkpoint and an ``error.json``) and :class:`SegmentationError` for unusable data.
     """
@@ -166,21 +167,20 @@ def train_seg(config: SegConfig, runs_dir=None, force: bool = False, progress: b
         return final
     device = resolve_device(config.device)
     bundle = data if data is not None else load_data(**config.data, verbose=progress)
-    with run_lock(final):
-        work = final if not force else final.parent / f".staging-{final.name}-{os.getpid()}"
-        if force and work.exists():
-            shutil.rmtree(work)
+    folder = RunFolder(final, force)
+    with folder.lock():
+        if not folder.claim():  # finished by the process whose lock we waited for
+            return final
+        work = folder.path
         sets = seg_splits(bundle, config.image_size, device)
         (x_tr, m_tr), (x_va, m_va) = sets["train"], sets["val"]
         st = _State(config, device, train_input_stats(x_tr))
         loss_fn = build_loss(config.loss, **config.loss_params).to(device)
-        if (work / "last.pt").exists():
-            try:
-                st.restore(artifacts.load_state(work / "last.pt", map_location=device))
-                log.info(f"resuming {config.loss} at epoch {st.next_epoch} from {work / 'last.pt'}")
-            except artifacts.ArtifactError as exc:
-                log.warning(f"cannot resume ({exc}); starting {work} from scratch")
-        artifacts.write_json(work / "config.json", {
+        state = folder.resume_state(device)
+        if state is not None:
+            st.restore(state)
+            log.info(f"resuming {config.loss} at epoch {st.next_epoch} from {work / 'last.pt'}")
+        folder.write_config({
             "config": dataclasses.asdict(config), "experiment": config.experiment(), "key": config.key(),
             "git_sha": git_sha(), "torch": torch.__version__, "device": str(device), "data_source": bundle.source})
         # the classifier's progress bar (support.training): one line per run, not one per epoch
@@ -194,7 +194,7 @@ def train_seg(config: SegConfig, runs_dir=None, force: bool = False, progress: b
             if not math.isfinite(train_loss):
                 msg = (f"{config.loss}: training loss became {train_loss} in epoch {epoch}; run stopped, {work} "
                        "keeps the last good checkpoint. Lower the learning rate or check the loss parameters")
-                artifacts.write_json(work / "error.json", {"error": msg, "epoch": epoch})
+                folder.fail(msg, epoch)
                 bar.close()
                 raise TrainingError(msg)
             row = {"epoch": epoch, "train_loss": train_loss, **_validate(st, loss_fn, config, x_va, m_va),
@@ -209,18 +209,20 @@ def train_seg(config: SegConfig, runs_dir=None, force: bool = False, progress: b
             if st.sched:
                 st.sched.step(row["val_loss"])
             st.next_epoch = epoch + 1
-            artifacts.write_text(work / "log.csv", pd.DataFrame(st.log).to_csv(index=False))
-            artifacts.save_state(work / "last.pt", st.state())
+            folder.save_progress(st.state(), st.log)
+            if on_epoch_end is not None:
+                on_epoch_end(st, epoch)
             bar.update()
             bar.set_postfix(loss=f"{train_loss:.3f}", val_loss=f"{row['val_loss']:.3f}",
                             val_dice=f"{row['val_dice']:.3f}")
         bar.close()
-        _finish(st, config, bundle, sets, work, final, device)
+        _finish(st, config, bundle, sets, folder, device)
     return final
 
 
-def _finish(st: _State, config: SegConfig, bundle, sets: dict, work: Path, final: Path, device) -> None:
-    """Best weights -> masks.npz and metrics.json (last), then publish a staging folder."""
+def _finish(st: _State, config: SegConfig, bundle, sets: dict, folder: RunFolder, device) -> None:
+    """Best weights -> masks.npz, then metrics.json and the folder published (:meth:`RunFolder.publish`)."""
+    work = folder.path
     st.model.load_state_dict(artifacts.load_state(work / "best.pt", map_location=device))
     amp = config.amp and device.type == "cuda"
     arrays, report = {"image_size": np.array(config.image_size)}, {}
@@ -239,15 +241,7 @@ def _finish(st: _State, config: SegConfig, bundle, sets: dict, work: Path, final
                "data": config.experiment()["data"], "best_epoch": st.best_epoch, "epochs_run": len(st.log),
                "stopped_early": len(st.log) < config.max_epochs, "best_val_loss": st.best_loss,
                "train_seconds": st.train_seconds, "device": str(device), **report}
-    (work / "last.pt").unlink(missing_ok=True)
-    artifacts.write_json(work / "metrics.json", summary)  # written last: marks the run finished
-    if work != final:  # force: swap the staging folder in only now
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-        (final / ".lock").touch()
+    folder.publish(summary)  # metrics.json (marks the run finished), then last.pt removed, then the swap
 
 
 def train_losses(profile: str = "quick", data: Optional[dict] = None, losses: Iterable[str] = SEG_LOSSES,
