@@ -1,0 +1,193 @@
+"""The loss study in the regimes where losses are said to matter: label noise and acquisition shift.
+
+A regime is a change of the data (:data:`REGIMES`, knobs of :mod:`support.data.phantom_knobs`):
+
+* ``clean``        notebook 04's runs as they are;
+* ``label_noise``  new runs trained (fused, ``training.train_many``, as the pipeline's training stages) on
+                   data whose train and val labels are noisy: 20 % of the pneumonia labels swapped
+                   bacterial <-> viral, mostly in mild cases; their test films and labels are the clean ones;
+* ``shift``        no new training: the clean runs scored on a test draw from "another hospital" (the same
+                   patients filmed by another acquisition chain, ``shift="hospital_b"``).
+
+Runs are keyed by their data parameters, so the regimes never mix; the shifted predictions are cached
+under ``runs/regimes/<run key>-<test data key>.npz``. Every regime is scored on the same test patients
+with true labels, so one image bootstrap serves every loss, seed and regime: intervals and tests are
+paired across losses and across regimes (:mod:`support.inference`: seed and image noise, Holm).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import artifacts, compare, inference, paths, profiles, stats, sweep, training
+from .runs import Run
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A data regime: ``train`` data parameters of its runs, ``test`` data parameters it is scored on."""
+
+    title: str
+    train: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
+
+
+#: The regimes (one registry): data knobs on top of the profile's data.
+REGIMES = {
+    "clean": Regime("clean (the profile's data)"),
+    "label_noise": Regime("label noise (20 % bacterial <-> viral, mostly mild cases; train/val only)",
+                          train={"label_noise": 0.2, "noise_structure": "pneumonia_mild"}),
+    "shift": Regime("acquisition shift (test films from hospital_b: exposure, contrast, grain, blur, device stamp)",
+                    test={"shift": "hospital_b"}),
+}
+#: The table's metrics: headline, calibration, and the class a model serves worst.
+REGIME_METRICS = ("mcc", "ece", "worst_class_recall")
+
+
+def settings(profile: str) -> dict:
+    """The profile's ``regimes`` section, checked: regimes, losses (with the reference), seeds, bootstrap."""
+    spec = profiles.get(profile)["regimes"]
+    unknown = [r for r in spec["regimes"] if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"profile {profile!r}: unknown regime(s) {unknown}; valid: {', '.join(REGIMES)}")
+    if spec["reference"] not in spec["losses"]:
+        raise ValueError(f"profile {profile!r}: the reference loss {spec['reference']!r} must be among the regime "
+                         f"losses {list(spec['losses'])}")
+    return spec
+
+
+def configs(profile: str, data: str, regime: str, losses: Sequence[str], seeds: Sequence[int]):
+    """The TrainConfigs of ``regime``'s runs: notebook 04's configs with the regime's training data."""
+    extra = REGIMES[regime].train
+    return [dataclasses.replace(c, data={**c.data, **extra}) if extra else c
+            for c in sweep.notebook_configs(profile, data, losses, seeds)]
+
+
+def train(profile: str, data: str = "phantom", force: bool = False, progress: bool = True) -> list:
+    """Train every regime's runs that are not finished (one ``train_many`` call: the runs of one seed and
+    regime train fused); the clean runs are notebook 04's (already finished under ``./run_all.sh``).
+    Returns the run folders; a failed run raises ``training.TrainingError`` naming it."""
+    spec = settings(profile)
+    todo = [c for r in spec["regimes"] for c in configs(profile, data, r, spec["losses"], spec["seeds"])]
+    return training.train_many(todo, runs_dir=paths.runs_dir(), force=force, progress=progress)
+
+
+def runs(profile: str, data: str, regime: str) -> List[Run]:
+    """The finished runs behind ``regime`` (its training data); raises naming the missing ones."""
+    spec = settings(profile)
+    out, missing = [], []
+    for c in configs(profile, data, regime, spec["losses"], spec["seeds"]):
+        d = training.run_dir_for(c, paths.runs_dir())
+        if training.is_finished(d):
+            out.append(Run(d))
+        else:
+            missing.append(f"{c.loss}/seed {c.seed}")
+    if missing:
+        raise ValueError(f"regime {regime!r}: runs not trained yet: {', '.join(missing)}; run "
+                         f"support.regimes.train({profile!r}) (notebook 10) first")
+    return out
+
+
+def _shifted_probs(run: Run, test: dict, bundle) -> np.ndarray:
+    """``run``'s test probabilities on the test split of ``bundle`` (cached per run and test data)."""
+    key = artifacts.config_key({"run": run.key, "test": test})
+    path = paths.inside(paths.runs_dir() / "regimes", f"{run.key}-{key}.npz")
+    if path.exists():
+        return artifacts.read_npz(path)["probs"]
+    from .ensembles.model_level import load_member
+
+    net = load_member(run.path)
+    x = training.to_device_images(bundle.splits["test"].images, run.config["config"]["image_size"], training.resolve_device("cpu"))
+    probs = training.predict_probs(net, x).numpy().astype(np.float32)
+    artifacts.write_npz(path, probs=probs, ids=np.array(bundle.splits["test"].ids, dtype=str))
+    return probs
+
+
+def regime_probs(profile: str, data: str, regime: str) -> Tuple[np.ndarray, Dict[str, np.ndarray], List[int], str]:
+    """``(y, {loss: probs[S, N, K]}, seeds, source)`` of ``regime`` on its test films (true labels)."""
+    rs = runs(profile, data, regime)
+    test = REGIMES[regime].test
+    if not test:
+        y, probs, seeds, _ = compare.seed_stack(rs)
+        return y, probs, seeds, rs[0].metrics["data_source"]
+    from .data import load
+
+    bundle = load(**{**profiles.data_config(profile, data), **test}, verbose=False)
+    groups = compare.group_by_loss(rs)
+    y = bundle.splits["test"].labels.numpy()
+    if not np.array_equal(np.asarray(bundle.splits["test"].ids), next(iter(groups.values()))[0].ids("test")):
+        raise ValueError(f"regime {regime!r}: its test films are not the clean runs' test patients; "
+                         "a test-side regime must keep the profile's test draw (n_test, seed)")
+    probs = {loss: np.stack([_shifted_probs(r, test, bundle) for r in group])
+             for loss, group in tqdm(groups.items(), desc=f"scoring {regime}", leave=False)}
+    return y, probs, sorted({r.seed for r in rs}), bundle.source
+
+
+def study(profile: str, data: str = "phantom", n_boot: Optional[int] = None, seed: int = 0) -> dict:
+    """Every regime's probabilities and the shared image resamples: the input of the tables below."""
+    spec = settings(profile)
+    out = {r: regime_probs(profile, data, r) for r in spec["regimes"]}
+    ys = [v[0] for v in out.values()]
+    if any(not np.array_equal(ys[0], y) for y in ys[1:]):
+        raise ValueError("the regimes were scored on different test labels; they must share the test patients")
+    n_boot = n_boot or spec["bootstrap"]
+    return {"y": ys[0], "regimes": out, "idx": stats.resample_indices(ys[0], n_boot, True, seed), "spec": spec,
+            "n_boot": n_boot}
+
+
+def regime_table(s: dict, level: float = 0.95) -> pd.DataFrame:
+    """Long table: per regime, loss and metric the seed-mean with its seed x image interval."""
+    rows = []
+    for regime, (y, probs, seeds, source) in s["regimes"].items():
+        for metric in REGIME_METRICS:
+            t = inference.model_intervals(y, probs, metric, idx=s["idx"], level=level)
+            rows.append(t.rename(columns={"model": "loss"}).assign(regime=regime, source=source))
+    return pd.concat(rows, ignore_index=True)
+
+
+def tests_vs_reference(s: dict, metric: str = "mcc") -> pd.DataFrame:
+    """Per regime, each loss vs the reference (``cce``) on ``metric``: paired tests, Holm within the regime."""
+    spec, out = s["spec"], []
+    for regime, (y, probs, _, _) in s["regimes"].items():
+        pairs = [(loss, spec["reference"]) for loss in probs if loss != spec["reference"]]
+        t = inference.paired_tests(y, probs, pairs, metric, alpha=spec["alpha"], idx=s["idx"])
+        out.append(t.assign(regime=regime, family=f"{regime}: each loss vs {spec['reference']}"))
+    return pd.concat(out, ignore_index=True)
+
+
+def changes_from_clean(s: dict, metric: str = "mcc") -> pd.DataFrame:
+    """Per regime and loss, metric(regime) - metric(clean): paired over seeds and test patients, Holm over
+    the losses of a regime. Needs the ``clean`` regime."""
+    if "clean" not in s["regimes"]:
+        raise ValueError("changes from the clean regime need 'clean' among the profile's regimes")
+    y, clean, _, _ = s["regimes"]["clean"]
+    out = []
+    for regime, (_, probs, _, _) in s["regimes"].items():
+        if regime == "clean":
+            continue
+        both = {**{f"{loss} | {regime}": p for loss, p in probs.items()},
+                **{f"{loss} | clean": p for loss, p in clean.items()}}
+        pairs = [(f"{loss} | {regime}", f"{loss} | clean") for loss in probs]
+        t = inference.paired_tests(y, both, pairs, metric, alpha=s["spec"]["alpha"], idx=s["idx"])
+        out.append(t.assign(regime=regime, loss=list(probs), family=f"{regime} - clean"))
+    return pd.concat(out, ignore_index=True)
+
+
+def display_regimes(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Wide view: one row per (regime, loss), 'estimate [lo, hi]' per metric, seeds."""
+    f = f"{{:.{digits}f}}".format
+    cell = table.assign(cell=table["estimate"].map(f) + " [" + table["lo"].map(f) + ", " + table["hi"].map(f) + "]")
+    wide = cell.pivot_table(index=["regime", "loss"], columns="metric", values="cell", aggfunc="first", sort=False)
+    seeds = table.groupby(["regime", "loss"], sort=False)["n_seeds"].first()
+    return wide[list(REGIME_METRICS)].assign(seeds=seeds).reset_index()
+
+
+def display_tests(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A test table (vs reference or vs clean) for reading, with the regime first."""
+    return compare.display_tests(tests, digits).assign(regime=tests["regime"].to_numpy())[
+        ["regime"] + list(compare.display_tests(tests.head(1), digits).columns)]
