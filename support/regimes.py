@@ -191,3 +191,64 @@ def display_tests(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """A test table (vs reference or vs clean) for reading, with the regime first."""
     return compare.display_tests(tests, digits).assign(regime=tests["regime"].to_numpy())[
         ["regime"] + list(compare.display_tests(tests.head(1), digits).columns)]
+
+
+def change_figure(changes: pd.DataFrame, source: str):
+    """Each loss's change from the clean regime (``changes_from_clean`` of one or more metrics, concatenated):
+    one panel per (metric, regime), the paired interval over seeds x test patients over a grey band of ±MDE;
+    red filled markers are Holm-significant within the regime."""
+    import matplotlib.pyplot as plt
+
+    from .plots import titled
+
+    metrics = list(dict.fromkeys(changes["metric"]))
+    regimes_ = list(dict.fromkeys(changes["regime"]))
+    losses = list(dict.fromkeys(changes["loss"]))
+    fig, axes = plt.subplots(len(metrics), len(regimes_), figsize=(4.2 * len(regimes_), 0.32 * len(losses) * len(metrics) + 2.2),
+                             squeeze=False, sharey=True)
+    y = np.arange(len(losses))[::-1]
+    for i, metric in enumerate(metrics):
+        rows = changes[changes["metric"] == metric]
+        reach = float(np.nanmax(np.abs(rows[["delta_lo", "delta_hi"]].to_numpy(float))))
+        limit = 1.2 * max(reach, 1e-6)
+        for j, regime in enumerate(regimes_):
+            ax = axes[i, j]
+            r = rows[rows["regime"] == regime].set_index("loss").reindex(losses)
+            ax.barh(y, 2 * r["mde"].to_numpy(float), left=-r["mde"].to_numpy(float), height=0.6, color="0.88", zorder=0)
+            ax.axvline(0, color="0.3", lw=0.8)
+            for yi, t in zip(y, r.itertuples()):
+                ax.plot([t.delta_lo, t.delta_hi], [yi, yi], color="0.25", lw=1.4)
+                sig = bool(t.significant)
+                ax.plot(t.delta, yi, "o", mec="C3" if sig else "0.25", mfc="C3" if sig else "white", ms=6)
+            ax.set_xlim(-limit, limit)
+            ax.set_yticks(y, losses)
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_xlabel(f"Δ{metric} ({regime} − clean)", fontsize=9)
+            if i == 0:
+                ax.set_title(regime, fontsize=10)
+    seeds = int(changes["n_seeds"].iloc[0])
+    fig.suptitle(titled(f"Change of each loss from the clean regime: 95 % interval over {seeds} seed(s) x "
+                        f"{int(changes.attrs.get('n_images', 0)) or '?'} test patients; grey: ±MDE (80 % power); red: Holm p < "
+                        f"{changes.attrs.get('alpha', 0.05)}", "\n" + source), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def findings(changes: pd.DataFrame, tests: pd.DataFrame, digits: int = 3) -> str:
+    """What the tables show, in Markdown sentences derived from their numbers (nothing hard-coded)."""
+    f = f"{{:.{digits}f}}".format
+    out = []
+    for regime, t in tests.groupby("regime", sort=False):
+        sig = t[t["significant"] & ~t["identical"]]
+        metric = t["metric"].iloc[0]
+        line = (f"- **{regime}**, each loss vs {t['model_b'].iloc[0]} on {metric} (Holm over {len(t)}, "
+                f"{int(t['n_seeds'].iloc[0])} seeds): ")
+        line += ("; ".join(f"{r.model_a} Δ{f(r.delta)} [{f(r.delta_lo)}, {f(r.delta_hi)}], Holm p = {r.p_holm:.2g}"
+                           for r in sig.itertuples()) if len(sig) else "no loss differs")
+        line += f"; MDE {f(t['mde'].min())}–{f(t['mde'].max())}."
+        out.append(line)
+    for (regime, metric), c in changes.groupby(["regime", "metric"], sort=False):
+        sig = c[c["significant"]]
+        out.append(f"- {regime} − clean on {metric}: Δ from {f(c['delta'].min())} to {f(c['delta'].max())} "
+                   f"({len(sig)} of {len(c)} losses changed significantly; MDE {f(c['mde'].min())}–{f(c['mde'].max())}).")
+    return "\n".join(out)
