@@ -49,6 +49,23 @@ REGIMES = {
 REGIME_METRICS = ("mcc", "ece", "worst_class_recall")
 
 
+def regime_of(data: dict) -> str:
+    """The regime a run's (resolved) training data belongs to: the regime whose training knobs it carries,
+    ``clean`` when it carries none of the regime knobs, else ``other`` (e.g. another noise rate)."""
+    knobs = {k for r in REGIMES.values() for k in r.train}
+    for name, r in REGIMES.items():
+        if r.train and all(data.get(k) == v for k, v in r.train.items()):
+            return name
+    return "clean" if not knobs & set(data) else "other"
+
+
+def check_regime(regime: str) -> str:
+    """``regime`` if it is a known regime name, else a ValueError naming the valid ones."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; valid: {', '.join(REGIMES)}")
+    return regime
+
+
 def settings(profile: str) -> dict:
     """The profile's ``regimes`` section, checked: regimes, losses (with the reference), seeds, bootstrap."""
     spec = profiles.get(profile)["regimes"]
