@@ -110,19 +110,29 @@ def runs(profile: str, data: str, regime: str) -> List[Run]:
     return out
 
 
-def _shifted_probs(run: Run, test: dict, bundle) -> np.ndarray:
-    """``run``'s test probabilities on the test split of ``bundle`` (cached per run and test data)."""
+def _cache_path(run: Run, test: dict):
     key = artifacts.config_key({"run": run.key, "test": test})
-    path = paths.inside(paths.runs_dir() / "regimes", f"{run.key}-{key}.npz")
-    if path.exists():
-        return artifacts.read_npz(path)["probs"]
+    return paths.inside(paths.runs_dir() / "regimes", f"{run.key}-{key}.npz")
+
+
+def _rescored(rs: Sequence[Run], test: dict, bundle) -> Dict[str, np.ndarray]:
+    """``{run key: probs[N, K]}``: each run's predictions on the test split of ``bundle``, cached per run and
+    test data; the runs not cached yet are predicted together (one fused module, ``training.predict_many``)."""
     from .ensembles.model_level import load_member
 
-    net = load_member(run.path)
-    x = training.to_device_images(bundle.splits["test"].images, run.config["config"]["image_size"], training.resolve_device("cpu"))
-    probs = training.predict_probs(net, x).numpy().astype(np.float32)
-    artifacts.write_npz(path, probs=probs, ids=np.array(bundle.splits["test"].ids, dtype=str))
-    return probs
+    out = {r.key: artifacts.read_npz(_cache_path(r, test))["probs"] for r in rs if _cache_path(r, test).exists()}
+    todo = [r for r in rs if r.key not in out]
+    by_size: Dict[int, List[Run]] = {}
+    for r in todo:
+        by_size.setdefault(int(r.config["config"]["image_size"]), []).append(r)
+    ids = np.array(bundle.splits["test"].ids, dtype=str)
+    for size, group in by_size.items():
+        x = training.to_device_images(bundle.splits["test"].images, size, training.resolve_device("cpu"))
+        nets = [load_member(r.path) for r in tqdm(group, desc="loading runs", leave=False)]
+        for r, p in zip(group, training.predict_many(nets, x)):
+            out[r.key] = p.numpy().astype(np.float32)
+            artifacts.write_npz(_cache_path(r, test), probs=out[r.key], ids=ids)
+    return out
 
 
 def regime_probs(profile: str, data: str, regime: str) -> Tuple[np.ndarray, Dict[str, np.ndarray], List[int], str]:
@@ -140,8 +150,8 @@ def regime_probs(profile: str, data: str, regime: str) -> Tuple[np.ndarray, Dict
     if not np.array_equal(np.asarray(bundle.splits["test"].ids), next(iter(groups.values()))[0].ids("test")):
         raise ValueError(f"regime {regime!r}: its test films are not the clean runs' test patients; "
                          "a test-side regime must keep the profile's test draw (n_test, seed)")
-    probs = {loss: np.stack([_shifted_probs(r, test, bundle) for r in group])
-             for loss, group in tqdm(groups.items(), desc=f"scoring {regime}", leave=False)}
+    scored = _rescored(rs, test, bundle)
+    probs = {loss: np.stack([scored[r.key] for r in group]) for loss, group in groups.items()}
     return y, probs, sorted({r.seed for r in rs}), bundle.source
 
 
@@ -206,8 +216,9 @@ def display_regimes(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 def display_tests(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """A test table (vs reference or vs clean) for reading, with the regime first."""
-    return compare.display_tests(tests, digits).assign(regime=tests["regime"].to_numpy())[
-        ["regime"] + list(compare.display_tests(tests.head(1), digits).columns)]
+    shown = compare.display_tests(tests, digits)
+    shown.insert(0, "regime", tests["regime"].to_numpy())
+    return shown
 
 
 def change_figure(changes: pd.DataFrame, source: str):
