@@ -76,6 +76,7 @@ PROFILES = {
             "n_probe": 128, "n_counterfactual": 24, "n_embed": 128, "embedding": "tsne", "bootstrap": 100,
         },
         # The regime study (notebook 10, support.regimes): 2 losses, 1 seed -- that it runs, not what it finds.
+        # "seeds": those of the regimes that train new runs (label noise); clean and shift use the profile's seeds.
         "regimes": {"regimes": ("clean", "label_noise", "shift"), "losses": ("cce", "focal"), "seeds": (0,),
                     "reference": "cce", "alpha": 0.05, "bootstrap": 100},
         "execution_timeout": 600,  # seconds one notebook cell may run before run_all stops it (--timeout)
@@ -132,9 +133,10 @@ PROFILES = {
             "variants": NODULE_VARIANTS, "seeds": (0, 1, 2), "learnability_check": True,
             "n_probe": 600, "n_counterfactual": 160, "n_embed": 400, "embedding": "tsne", "bootstrap": 1000,
         },
-        # The regime study (notebook 10, support.regimes): 5 losses x 3 seeds -- the noisy-label runs are new
-        # training (15 runs), the shift regime only scores the clean runs on another test draw. Sized to add
-        # <= ~1.5 min to ./run_all.sh; its tables show the MDE this buys (benchmarks/regimes_quick.md).
+        # The regime study (notebook 10, support.regimes): 5 losses; the noisy-label runs are new training, 3 seeds
+        # (15 runs, ~90 CPU-s); the clean and shift regimes re-score notebook 04's runs, so they use its 8 seeds at
+        # no training cost. Sized to add <= ~1.5 min to ./run_all.sh; its tables show the MDE this buys
+        # (benchmarks/regimes_quick.md).
         "regimes": {"regimes": ("clean", "label_noise", "shift"), "losses": ("cce", "ls_cce", "focal", "cal_cce", "hinge"),
                     "seeds": (0, 1, 2), "reference": "cce", "alpha": 0.05, "bootstrap": 1000},
         "execution_timeout": 1800,  # seconds one notebook cell may run before run_all stops it (--timeout)

@@ -9,7 +9,9 @@ A regime is a change of the data (:data:`REGIMES`, knobs of :mod:`support.data.p
 * ``shift``        no new training: the clean runs scored on a test draw from "another hospital" (the same
                    patients filmed by another acquisition chain, ``shift="hospital_b"``).
 
-Runs are keyed by their data parameters, so the regimes never mix; the shifted predictions are cached
+Seeds: a regime that trains (label noise) uses the profile's ``regimes.seeds``; clean and shift re-score
+notebook 04's runs and use all of its seeds (no training cost). Runs are keyed by their data parameters, so the
+regimes never mix; the shifted predictions are cached
 under ``runs/regimes/<run key>-<test data key>.npz``. Every regime is scored on the same test patients
 with true labels, so one image bootstrap serves every loss, seed and regime: intervals and tests are
 paired across losses and across regimes (:mod:`support.inference`: seed and image noise, Holm).
@@ -78,6 +80,12 @@ def settings(profile: str) -> dict:
     return spec
 
 
+def seeds_of(profile: str, regime: str) -> List[int]:
+    """The seeds of ``regime``: the regime section's seeds where it trains new runs; notebook 04's seeds (the
+    profile's, already trained) where it only re-scores them -- clean and shift cost no training."""
+    return list(settings(profile)["seeds"] if REGIMES[regime].train else profiles.get(profile)["seeds"])
+
+
 def configs(profile: str, data: str, regime: str, losses: Sequence[str], seeds: Sequence[int]):
     """The TrainConfigs of ``regime``'s runs: notebook 04's configs with the regime's training data."""
     extra = REGIMES[regime].train
@@ -90,7 +98,7 @@ def train(profile: str, data: str = "phantom", force: bool = False, progress: bo
     regime train fused); the clean runs are notebook 04's (already finished under ``./run_all.sh``).
     Returns the run folders; a failed run raises ``training.TrainingError`` naming it."""
     spec = settings(profile)
-    todo = [c for r in spec["regimes"] for c in configs(profile, data, r, spec["losses"], spec["seeds"])]
+    todo = [c for r in spec["regimes"] for c in configs(profile, data, r, spec["losses"], seeds_of(profile, r))]
     return training.train_many(todo, runs_dir=paths.runs_dir(), force=force, progress=progress)
 
 
@@ -98,7 +106,7 @@ def runs(profile: str, data: str, regime: str) -> List[Run]:
     """The finished runs behind ``regime`` (its training data); raises naming the missing ones."""
     spec = settings(profile)
     out, missing = [], []
-    for c in configs(profile, data, regime, spec["losses"], spec["seeds"]):
+    for c in configs(profile, data, regime, spec["losses"], seeds_of(profile, regime)):
         d = training.run_dir_for(c, paths.runs_dir())
         if training.is_finished(d):
             out.append(Run(d))
@@ -192,13 +200,18 @@ def changes_from_clean(s: dict, metric: str = "mcc") -> pd.DataFrame:
     the losses of a regime. Needs the ``clean`` regime."""
     if "clean" not in s["regimes"]:
         raise ValueError("changes from the clean regime need 'clean' among the profile's regimes")
-    y, clean, _, _ = s["regimes"]["clean"]
+    y, clean, clean_seeds, _ = s["regimes"]["clean"]
     out = []
-    for regime, (_, probs, _, _) in s["regimes"].items():
+    for regime, (_, probs, seeds, _) in s["regimes"].items():
         if regime == "clean":
             continue
+        missing = sorted(set(seeds) - set(clean_seeds))
+        if missing:
+            raise ValueError(f"regime {regime!r} has seeds {missing} that the clean regime lacks; a change from "
+                             "clean pairs each seed with its clean run")
+        rows = [clean_seeds.index(seed) for seed in seeds]               # the clean runs of the regime's seeds
         both = {**{f"{loss} | {regime}": p for loss, p in probs.items()},
-                **{f"{loss} | clean": p for loss, p in clean.items()}}
+                **{f"{loss} | clean": p[rows] for loss, p in clean.items()}}
         pairs = [(f"{loss} | {regime}", f"{loss} | clean") for loss in probs]
         t = inference.paired_tests(y, both, pairs, metric, alpha=s["spec"]["alpha"], idx=s["idx"])
         out.append(t.assign(regime=regime, loss=list(probs), family=f"{regime} - clean"))

@@ -130,6 +130,20 @@ def test_logistic_regression_on_pixels_stays_at_or_below_070_in_every_regime(cle
 
 
 # ----------------------------------------------------------------------------- the regime study
+def test_regime_settings_and_seeds():
+    from support import profiles, regimes
+
+    for name in profiles.names():
+        spec = regimes.settings(name)
+        assert spec["reference"] in spec["losses"] and set(spec["losses"]) <= set(profiles.get(name)["losses"])
+    assert regimes.seeds_of("quick", "label_noise") == [0, 1, 2]                 # new runs: the section's seeds
+    assert regimes.seeds_of("quick", "shift") == regimes.seeds_of("quick", "clean") == list(profiles.get("quick")["seeds"])
+    assert len(regimes.settings("full")["losses"]) == 12
+    assert regimes.regime_of({"n": 10}) == "clean"
+    assert regimes.regime_of({"label_noise": 0.2, "noise_structure": "pneumonia_mild"}) == "label_noise"
+    assert regimes.regime_of({"label_noise": 0.1}) == "other"
+
+
 def test_regime_study_on_the_smoke_profile(isolated_dirs):
     from support import regimes, runs, training
 
