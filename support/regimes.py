@@ -94,12 +94,16 @@ def configs(profile: str, data: str, regime: str, losses: Sequence[str], seeds: 
 
 
 def train(profile: str, data: str = "phantom", force: bool = False, progress: bool = True) -> list:
-    """Train every regime's runs that are not finished (one ``train_many`` call: the runs of one seed and
-    regime train fused); the clean runs are notebook 04's (already finished under ``./run_all.sh``).
-    Returns the run folders; a failed run raises ``training.TrainingError`` naming it."""
+    """Train every regime's runs that are not finished (``train_many``: the runs of one seed and regime train
+    fused). ``force`` retrains the regimes' own runs (label noise); the runs they re-score are notebook 04's and
+    are only trained when missing (``./run_all.sh --force`` already retrained them once). Returns the run
+    folders; a failed run raises ``training.TrainingError`` naming it."""
     spec = settings(profile)
-    todo = [c for r in spec["regimes"] for c in configs(profile, data, r, spec["losses"], seeds_of(profile, r))]
-    return training.train_many(todo, runs_dir=paths.runs_dir(), force=force, progress=progress)
+    own, borrowed = [], []
+    for r in spec["regimes"]:
+        (own if REGIMES[r].train else borrowed).extend(configs(profile, data, r, spec["losses"], seeds_of(profile, r)))
+    return (training.train_many(borrowed, runs_dir=paths.runs_dir(), progress=progress)
+            + training.train_many(own, runs_dir=paths.runs_dir(), force=force, progress=progress))
 
 
 def runs(profile: str, data: str, regime: str) -> List[Run]:
@@ -119,7 +123,11 @@ def runs(profile: str, data: str, regime: str) -> List[Run]:
 
 
 def _cache_path(run: Run, test: dict):
-    key = artifacts.config_key({"run": run.key, "test": test})
+    """Keyed by the run folder, its metrics.json (a retrained run writes a new one) and the test data."""
+    import hashlib
+
+    trained = hashlib.sha1((run.path / "metrics.json").read_bytes()).hexdigest()[:12]
+    key = artifacts.config_key({"run": run.key, "trained": trained, "test": test})
     return paths.inside(paths.runs_dir() / "regimes", f"{run.key}-{key}.npz")
 
 
