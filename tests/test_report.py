@@ -57,7 +57,7 @@ def test_missing_caption_takes_the_data_source_column(isolated_dirs):
     rep = report.build_report("quick")
     (t,) = rep.studies["08"]
     assert t.caption.endswith("Data: nodules (generated)")
-    assert rep.missing() == ["02", "05", "06", "07"]
+    assert rep.missing() == ["02", "05", "06", "07", "10"]
 
 
 def test_headline_reads_numbers_and_intervals_from_display_strings():
