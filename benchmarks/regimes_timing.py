@@ -51,9 +51,9 @@ def main(argv=None) -> int:
     for regime in spec["regimes"]:
         if regimes.REGIMES[regime].train or regime == "clean":
             name = "clean runs (notebook 04's, not extra)" if regime == "clean" else f"train {regime} runs"
+            seeds = regimes.seeds_of(args.profile, regime)
             clock(name, lambda: training.train_many(regimes.configs(args.profile, args.data, regime, spec["losses"],
-                                                                    spec["seeds"]), runs_dir=paths.runs_dir(),
-                                                    progress=False))
+                                                                    seeds), runs_dir=paths.runs_dir(), progress=False))
         if regimes.REGIMES[regime].test:
             clock(f"{regime} test draw", lambda: load(**{**profiles.data_config(args.profile, args.data),
                                                          **regimes.REGIMES[regime].test}, verbose=False))
@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     total = {"wall_s": round(sum(v["wall_s"] for v in extra.values()), 1),
              "cpu_s": round(sum(v["cpu_s"] for v in extra.values()), 1)}
     date = dt.date.today().isoformat()
-    record = {"profile": args.profile, "date": date, "losses": list(spec["losses"]), "seeds": list(spec["seeds"]),
+    record = {"profile": args.profile, "date": date, "losses": list(spec["losses"]),
+              "seeds": {r: regimes.seeds_of(args.profile, r) for r in spec["regimes"]},
               "steps": clock.steps, "extra_total": total, "source": s["regimes"]["clean"][3],
               "table": table.to_dict("records"), "tests": tests.to_dict("records"),
               "changes": changes.to_dict("records")}
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     f = "{:.3f}".format
     md = [f"# The regime study at the {args.profile} profile ({date})", "",
           f"Written by `benchmarks/regimes_timing.py` ({out.name}); one thread, as a `./run_all.sh` kernel. "
-          f"Losses {', '.join(spec['losses'])}; seeds {list(spec['seeds'])}; data: {record['source']}.", "",
+          f"Losses {', '.join(spec['losses'])}; seeds per regime {record['seeds']}; data: {record['source']}.", "",
           "| step | wall (s) | CPU (s) |", "|---|---:|---:|"]
     md += [f"| {k} | {v['wall_s']} | {v['cpu_s']} |" for k, v in clock.steps.items()]
     md += [f"| **extra for the regime study** | **{total['wall_s']}** | **{total['cpu_s']}** |", "",
