@@ -87,8 +87,7 @@ import torch
 
 from .containers import CXR_CLASSES, SPLITS, DataBundle, Split
 from .core import register_source
-from .phantom_knobs import (NOISE_STRUCTURES, SHIFT_PRESETS, check_noise, device_markers, draw_device_marker,
-                            flip_labels, resolve_shift, shift_film)
+from .phantom_knobs import check_noise, device_markers, draw_device_marker, flip_labels, resolve_shift, shift_film
 
 CLASSES = CXR_CLASSES
 #: Kermany v2 counts per class (normal, bacterial, viral).
