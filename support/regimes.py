@@ -218,9 +218,9 @@ def changes_from_clean(s: dict, metric: str = "mcc") -> pd.DataFrame:
             raise ValueError(f"regime {regime!r} has seeds {missing} that the clean regime lacks; a change from "
                              "clean pairs each seed with its clean run")
         rows = [clean_seeds.index(seed) for seed in seeds]               # the clean runs of the regime's seeds
-        both = {**{f"{loss} | {regime}": p for loss, p in probs.items()},
-                **{f"{loss} | clean": p[rows] for loss, p in clean.items()}}
-        pairs = [(f"{loss} | {regime}", f"{loss} | clean") for loss in probs]
+        both = {**{f"{loss} @ {regime}": p for loss, p in probs.items()},
+                **{f"{loss} @ clean": p[rows] for loss, p in clean.items()}}
+        pairs = [(f"{loss} @ {regime}", f"{loss} @ clean") for loss in probs]
         t = inference.paired_tests(y, both, pairs, metric, alpha=s["spec"]["alpha"], idx=s["idx"])
         out.append(t.assign(regime=regime, loss=list(probs), family=f"{regime} - clean"))
     return pd.concat(out, ignore_index=True)
@@ -237,6 +237,9 @@ def display_regimes(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 def display_tests(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """A test table (vs reference or vs clean) for reading, with the regime first."""
+    metrics = tests["metric"].unique()
+    tests = tests.copy()
+    tests.attrs["metric"] = metrics[0] if len(metrics) == 1 else "metric"   # the Δ column names its metric
     shown = compare.display_tests(tests, digits)
     shown.insert(0, "regime", tests["regime"].to_numpy())
     return shown
