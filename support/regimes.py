@@ -223,7 +223,9 @@ def changes_from_clean(s: dict, metric: str = "mcc") -> pd.DataFrame:
         pairs = [(f"{loss} @ {regime}", f"{loss} @ clean") for loss in probs]
         t = inference.paired_tests(y, both, pairs, metric, alpha=s["spec"]["alpha"], idx=s["idx"])
         out.append(t.assign(regime=regime, loss=list(probs), family=f"{regime} - clean"))
-    return pd.concat(out, ignore_index=True)
+    table = pd.concat(out, ignore_index=True)
+    table.attrs.update(metric=metric, alpha=s["spec"]["alpha"], n_images=len(y))
+    return table
 
 
 def display_regimes(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
@@ -277,11 +279,10 @@ def change_figure(changes: pd.DataFrame, source: str):
             ax.grid(axis="x", alpha=0.3)
             ax.set_xlabel(f"Δ{metric} ({regime} − clean)", fontsize=9)
             if i == 0:
-                ax.set_title(regime, fontsize=10)
-    seeds = int(changes["n_seeds"].iloc[0])
-    fig.suptitle(titled(f"Change of each loss from the clean regime: 95 % interval over {seeds} seed(s) x "
-                        f"{int(changes.attrs.get('n_images', 0)) or '?'} test patients; grey: ±MDE (80 % power); red: Holm p < "
-                        f"{changes.attrs.get('alpha', 0.05)}", "\n" + source), fontsize=9)
+                ax.set_title(f"{regime} ({int(r['n_seeds'].max())} seeds)", fontsize=10)
+    fig.suptitle(titled(f"Change of each loss from the clean regime: 95 % interval over seeds x "
+                        f"{changes.attrs.get('n_images', '?')} test patients; grey: ±MDE (80 % power); red: Holm p < "
+                        f"{changes.attrs.get('alpha', 0.05)} within a regime", "\n" + source), fontsize=9)
     fig.tight_layout()
     return fig
 
