@@ -131,6 +131,14 @@ def _f1(y, p):
     return _prf(y, p, 2)
 
 
+@_metric("worst_class_recall")
+def _worst_class_recall(y, p):
+    """The lowest per-class recall over the classes present in ``y`` (the class a model serves worst)."""
+    present = np.unique(y)
+    recalls = skm.recall_score(y, p.argmax(1), labels=present, average=None, zero_division=0)
+    return float(recalls.min())
+
+
 @_metric("mcc")
 def _mcc(y, p):
     """Multi-class Matthews correlation coefficient (Gorodkin's R_K), the paper's headline."""

@@ -46,9 +46,9 @@ from .kernels import describe_failure, kernel_env, kernel_manager_class
 NOTEBOOKS_DIR = paths.PROJECT_ROOT / "notebooks"
 PER_LOSS = "04"
 #: What each notebook reads from others (by number); "*" = every other notebook of the plan. A notebook
-#: not listed reads only the data. 05 crops with 02's segmentation models; 06, 07 and 09 read 04's runs;
+#: not listed reads only the data. 05 crops with 02's segmentation models; 06, 07, 09 and 10 read 04's runs;
 #: 06 and 07 may train the same model-level ensemble at once: the second waits for the first (run_lock).
-NEEDS = {"05": {"02", "04"}, "06": {"04"}, "07": {"04"}, "09": {"*"}}
+NEEDS = {"05": {"02", "04"}, "06": {"04"}, "07": {"04"}, "09": {"*"}, "10": {"04"}}
 
 
 @dataclass
@@ -110,8 +110,10 @@ def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=Non
                     jobs.append(Job(nb, out, {**mine, **spent, "loss": loss, "seed": int(seed)}))
         else:
             jobs.append(Job(nb, out_dir / nb.name, mine))
-    # The training stages first: they are the longest work and 05, 06, 07 and 09 wait for them.
-    return [j for j in jobs if j.train] + [j for j in jobs if not j.train]
+    # The training stages first: they are the longest work and 05, 06, 07 and 09 wait for them. A notebook that
+    # reads every other one (09, the report) last, whatever its number (10 runs before it).
+    last = [j for j in jobs if not j.train and "*" in NEEDS.get(j.notebook.name[:2], set())]
+    return [j for j in jobs if j.train] + [j for j in jobs if not j.train and j not in last] + last
 
 
 def dependencies(jobs: List[Job]) -> List[set]:

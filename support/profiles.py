@@ -81,6 +81,10 @@ PROFILES = {
             "train_preset": "train", "regime": {"margin_strengths": (0.5, 1.0), "rhos": (1.0,), "seeds": (0,)},
             "require_regime": False, "curve_strengths": 2, "curve_seeds": (0,), "n_dfr": 64, "analysis_seeds": 1,
         },
+        # The regime study (notebook 10, support.regimes): 2 losses, 1 seed -- that it runs, not what it finds.
+        # "seeds": those of the regimes that train new runs (label noise); clean and shift use the profile's seeds.
+        "regimes": {"regimes": ("clean", "label_noise", "shift"), "losses": ("cce", "focal"), "seeds": (0,),
+                    "reference": "cce", "alpha": 0.05, "bootstrap": 100},
         "execution_timeout": 600,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
     "quick": {
@@ -142,6 +146,12 @@ PROFILES = {
             # probes, counterfactuals and embeddings read the first 2 seeds' runs
             "require_regime": True, "curve_strengths": 3, "curve_seeds": (0,), "n_dfr": 200, "analysis_seeds": 2,
         },
+        # The regime study (notebook 10, support.regimes): 5 losses; the noisy-label runs are new training, 3 seeds
+        # (15 runs, ~90 CPU-s); the clean and shift regimes re-score notebook 04's runs, so they use its 8 seeds at
+        # no training cost. Sized to add <= ~1.5 min to ./run_all.sh; its tables show the MDE this buys
+        # (benchmarks/regimes_quick.md).
+        "regimes": {"regimes": ("clean", "label_noise", "shift"), "losses": ("cce", "ls_cce", "focal", "cal_cce", "hinge"),
+                    "seeds": (0, 1, 2), "reference": "cce", "alpha": 0.05, "bootstrap": 1000},
         "execution_timeout": 1800,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
     "full": {
@@ -175,6 +185,9 @@ PROFILES = {
             "require_regime": True, "curve_strengths": 3, "curve_seeds": (0, 1, 2, 3, 4), "n_dfr": 500,
             "analysis_seeds": 5,
         },
+        # The regime study: all 12 losses with the profile's seeds.
+        "regimes": {"regimes": ("clean", "label_noise", "shift"), "losses": PAPER_LOSSES, "seeds": (0, 1, 2, 3, 4),
+                    "reference": "cce", "alpha": 0.05, "bootstrap": 1000},
         "execution_timeout": 21600,  # seconds one notebook cell may run before run_all stops it (--timeout)
     },
 }

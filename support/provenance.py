@@ -48,7 +48,7 @@ def what_ran_on_what(profile: str, data: str, lung_masks: str = "", studies: Opt
 
     ``missing_masks``: the masks the data lacks ("lesion, lung"; :func:`mask_note`); ``None`` = unknown.
     """
-    studies = set(studies) if studies is not None else {f"{i:02d}" for i in range(1, 10)}
+    studies = set(studies) if studies is not None else {f"{i:02d}" for i in range(1, 11)}
     films = describe_source(data, profile)
     real = films != PHANTOM
     masks = describe_source(lung_masks, profile).replace("your films", "your lung masks") if lung_masks else ""
@@ -86,5 +86,9 @@ def what_ran_on_what(profile: str, data: str, lung_masks: str = "", studies: Opt
     shortcut = "" if not real else "; shortcut experiment skipped (it needs the phantom's marker)"
     add("07", f"localization: {films}; {skipped}{shortcut}")
     add("08", f"synthetic nodules: {NODULES} (always; the study needs known nodule factors)")
+    if real:
+        add("10", "loss regimes: skipped (label noise and acquisition shift are knobs of the phantom)")
+    else:
+        add("10", f"loss regimes: {films} clean, with noisy train/val labels (new runs), and a shifted test draw")
     add("09", "report: collects the tables above, each captioned with its data source")
     return lines

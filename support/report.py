@@ -35,11 +35,12 @@ STUDIES = {
            ("pointing_game", "pointing", "energy_in_lesion", "energy", "iou", "dice", "lung_energy", "road")),
     "08": ("Synthetic lung-nodule study", "notebook 08_synthetic_nodules",
            ("accuracy", "mcc", "auroc")),
+    "10": ("Losses under label noise and acquisition shift", "notebook 10_loss_regimes", ("estimate",)),
 }
 #: Rows a study's summary panel shows, where its table has the column: the nodule study's panel shows the
 #: conflicting-shift test set (size and margin decorrelated and flipped), where the losses differ; on the
 #: in-distribution test set every model is at ~1.0 and the panel would say nothing.
-SUMMARY_ROWS = {"08": {"preset": "test_conflict"}}
+SUMMARY_ROWS = {"08": {"preset": "test_conflict"}, "10": {"metric": "mcc"}}
 _NUMBER = re.compile(r"^\s*\[?\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)")
 
 
@@ -183,9 +184,25 @@ def per_loss_tables(runs: Sequence, n_boot: int = 1000) -> List[Table]:
     return [Table("05", "09_losses", compare.display_table(table), caption, "the run folders runs/<key>/", table)]
 
 
-def build_report(profile: str, runs: Sequence = (), n_boot: int = 1000, root=None) -> Report:
-    """Collect every study's tables; the per-loss table comes from ``runs`` when given."""
+def select_regime(tables: List[Table], regime: str) -> List[Table]:
+    """The rows of ``regime`` (support.regimes.REGIMES) of every table with a ``regime`` column, captioned so."""
+    from .regimes import check_regime
+
+    check_regime(regime)
+    out = []
+    for t in tables:
+        keep = lambda f: f[f["regime"] == regime].reset_index(drop=True) if f is not None and "regime" in f else f
+        caption = t.caption + (f" Regime shown: {regime}." if "regime" in t.frame else "")
+        out.append(Table(t.study, t.name, keep(t.frame), caption, t.source, keep(t.numeric)))
+    return out
+
+
+def build_report(profile: str, runs: Sequence = (), n_boot: int = 1000, root=None, regime: str = "") -> Report:
+    """Collect every study's tables; the per-loss table comes from ``runs`` when given. ``regime`` (e.g.
+    "label_noise"): the regime study's tables show that regime only ("" = every regime)."""
     studies = collect(profile, root)
+    if regime:
+        studies["10"] = select_regime(studies["10"], regime)
     fresh = per_loss_tables(runs, n_boot)
     if fresh:  # recomputed from the runs: replaces notebook 05's copy of the same table
         studies["05"] = fresh + [t for t in studies["05"] if not t.name.startswith(f"05_losses_{profile}")]
@@ -205,7 +222,7 @@ def _numbers(series: pd.Series) -> np.ndarray:
 
 def _ci(frame: pd.DataFrame, metric: str):
     for lo, hi in ((f"{metric}_boot_lo", f"{metric}_boot_hi"), (f"{metric}_lo", f"{metric}_hi"),
-                   ("boot_lo", "boot_hi"), ("ci_lo", "ci_hi")):
+                   ("boot_lo", "boot_hi"), ("ci_lo", "ci_hi"), ("lo", "hi")):
         if lo in frame and hi in frame:
             return _numbers(frame[lo]), _numbers(frame[hi])
     text = next((c for c in (f"{metric} 95% CI (seeds × images)", f"{metric} 95% CI") if c in frame), None)
@@ -248,7 +265,7 @@ def summary_figure(report: Report, source: str = ""):
 
     from .plots import titled
 
-    fig, axes = plt.subplots(3, 2, figsize=(8.27, 11.69))
+    fig, axes = plt.subplots((len(STUDIES) + 2) // 2, 2, figsize=(8.27, 11.69))
     for ax, (study, (title, how, preferred)) in zip(axes.flat, STUDIES.items()):
         tables = report.studies.get(study) or []
         rows = SUMMARY_ROWS.get(study)
@@ -278,7 +295,8 @@ def summary_figure(report: Report, source: str = ""):
         ax.grid(axis="x", alpha=0.3)
         named = textwrap.fill(f"data: {data.group(1)}" if data else "data: not recorded", 44)
         ax.set_title(textwrap.fill(f"{study} · {title}", 44) + f"\n{named}", fontsize=8)
-    axes.flat[-1].axis("off")
+    for ax in axes.flat[len(STUDIES):]:
+        ax.axis("off")
     overview = report.overview()
     lines = [textwrap.fill(f"{r.study} · {r.title}", 44, subsequent_indent="     ") + f"\n     {r.status}, {r.tables} table(s)"
              for r in overview.itertuples()]

@@ -107,10 +107,18 @@ def _weighted_cm(which: str):
     return f
 
 
+def _worst_recall_cm(cm):
+    cm = np.asarray(cm, dtype=np.float64)
+    t = cm.sum(-1)
+    recall = np.divide(np.diagonal(cm, axis1=-2, axis2=-1), t, out=np.full_like(t, np.inf), where=t > 0)
+    return recall.min(-1)  # classes absent from the labels (t = 0) are left out, as in METRICS
+
+
 FROM_CONFUSION = {
     "accuracy": lambda cm: np.trace(cm, axis1=-2, axis2=-1) / cm.sum((-2, -1)),
     "mcc": mcc_from_confusion, "kappa": _kappa_cm,
     "precision": _weighted_cm("precision"), "recall": _weighted_cm("recall"), "f1": _weighted_cm("f1"),
+    "worst_class_recall": _worst_recall_cm,
 }
 """Metrics computable from ``cm[B, K, K]`` in one vectorised call (same values as METRICS)."""
 

@@ -15,7 +15,8 @@ def _block(**kw):
 
 def test_what_ran_on_what_per_source():
     phantom = _block(data="phantom")
-    assert set(phantom) == {f"{i:02d}" for i in range(1, 10)}
+    assert set(phantom) == {f"{i:02d}" for i in range(1, 11)}
+    assert "noisy train/val labels" in phantom["10"]
     assert "generated phantom" in phantom["04"] and "all measures" in phantom["07"]
     assert "generated nodules" in phantom["08"]
     films = _block(data="kermany:/d/chest_xray", missing_masks="lesion, lung")
@@ -24,6 +25,7 @@ def test_what_ran_on_what_per_source():
     assert "lung-crop comparison skipped" in films["05"] and "--lung-masks lungmasks:" in films["05"]
     assert "no lesion or lung masks" in films["07"] and "ROAD" in films["07"]
     assert "shortcut experiment skipped" in films["07"]
+    assert "loss regimes: skipped" in films["10"]
     cropped = _block(data="kermany:/d", lung_masks="lungmasks:/m", missing_masks="lesion, lung")
     assert "trained on your lung masks (lungmasks: /m)" in cropped["02"]
     assert "cropped by U-Nets from your lung masks (lungmasks: /m)" in cropped["05"]

@@ -31,7 +31,7 @@ def test_report_collects_recomputes_and_notes_missing_studies(with_runs):
     _segmentation_table()
     compare.save_table(pd.DataFrame({"x": [1]}), "07_other_quick", "another profile. Data: phantom")
     rep = report.build_report("smoke", runs=with_runs, n_boot=50)
-    assert rep.missing() == ["06", "07", "08"]  # 07 exists only for another profile
+    assert rep.missing() == ["06", "07", "08", "10"]  # 07 exists only for another profile
     seg = rep.studies["02"]
     assert [t.name for t in seg] == ["02_segmentation_smoke"]
     assert seg[0].source == "runs/report/02_segmentation_smoke_display.csv"  # the readable variant
@@ -41,7 +41,7 @@ def test_report_collects_recomputes_and_notes_missing_studies(with_runs):
     written = rep.write()
     md = open(written["md"], encoding="utf-8").read()
     tex = open(written["tex"], encoding="utf-8").read()
-    assert md.count("Not run yet") == 3 and "only 07" in md
+    assert md.count("Not run yet") == 4 and "only 07" in md
     for t in seg + rep.studies["05"]:
         assert "Data:" in t.full_caption and t.source in t.full_caption
     assert "Data: lung phantom" in md and "\\caption{" in tex and "\\begin{document}" in tex
@@ -57,7 +57,7 @@ def test_missing_caption_takes_the_data_source_column(isolated_dirs):
     rep = report.build_report("quick")
     (t,) = rep.studies["08"]
     assert t.caption.endswith("Data: nodules (generated)")
-    assert rep.missing() == ["02", "05", "06", "07"]
+    assert rep.missing() == ["02", "05", "06", "07", "10"]
 
 
 def test_headline_reads_numbers_and_intervals_from_display_strings():
@@ -97,3 +97,33 @@ def test_headline_keeps_only_the_summary_rows_of_a_study():
                                                        report.SUMMARY_ROWS["08"])
     assert list(labels) == ["ce", "supcon"] and list(values) == [0.94, 0.96] and list(lo) == [0.92, 0.95]
     assert metric == "accuracy"
+
+
+def _regime_table():
+    """A notebook-10-shaped table: the long numeric variant and its display variant, three regimes."""
+    rows = [{"loss": loss, "metric": m, "estimate": v, "lo": v - 0.02, "hi": v + 0.02, "n_seeds": 3, "regime": r,
+             "source": "phantom"}
+            for r, shift in (("clean", 0.0), ("label_noise", -0.1), ("shift", -0.3))
+            for loss, base in (("cce", 0.8), ("focal", 0.7)) for m, v in (("mcc", base + shift), ("ece", 0.05))]
+    raw = pd.DataFrame(rows)
+    caption = "Per regime and loss. Data: phantom"
+    compare.save_table(raw, "10_regimes_smoke", caption)
+    shown = raw[raw["metric"] == "mcc"][["regime", "loss"]].assign(mcc=["x"] * 6)
+    compare.save_table(shown, "10_regimes_smoke_display", caption)
+
+
+def test_the_report_selects_a_regime_and_summarises_it(with_runs):
+    _regime_table()
+    every = report.build_report("smoke", runs=with_runs, n_boot=50)
+    (t,) = every.studies["10"]
+    assert set(t.frame["regime"]) == {"clean", "label_noise", "shift"}
+    rep = report.build_report("smoke", runs=with_runs, n_boot=50, regime="shift")
+    (t,) = rep.studies["10"]
+    assert set(t.frame["regime"]) == {"shift"} and set(t.numeric["regime"]) == {"shift"}
+    assert "Regime shown: shift" in t.full_caption
+    labels, values, (lo, hi), metric = report.headline(t, report.STUDIES["10"][2], report.SUMMARY_ROWS["10"])
+    assert list(labels) == ["cce", "focal"] and np.allclose(values, [0.5, 0.4]) and np.allclose(lo, [0.48, 0.38])
+    fig = report.summary_figure(rep, SOURCE)
+    assert any(ax.get_title().startswith("10 ·") for ax in fig.axes)
+    with pytest.raises(ValueError, match="unknown regime 'noisy'; valid: clean, label_noise, shift"):
+        report.build_report("smoke", regime="noisy")

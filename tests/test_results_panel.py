@@ -105,6 +105,16 @@ def test_bad_values_are_refused_with_the_valid_ones(panel):
         panel.update(colour="red")
 
 
+def test_a_regime_selects_its_runs_and_a_regime_without_runs_says_why(panel):
+    assert all(g.startswith("[clean] ") for g in panel.groups)   # the drawn runs are clean phantom runs
+    panel.update(regime="clean")
+    assert panel.group.value.startswith("[clean] ") and panel.table is not None
+    with pytest.raises(ValueError, match="no runs of regime 'shift'.*re-scores clean runs"):
+        panel.update(regime="shift")
+    with pytest.raises(ValueError, match="unknown regime 'noisy'; valid: clean, label_noise, shift"):
+        panel.update(regime="noisy")
+
+
 def test_nothing_selected_says_so(panel):
     panel.seeds.value = ()
     assert "Nothing selected" in panel.message.value and panel.table is None

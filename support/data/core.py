@@ -48,16 +48,20 @@ _SOURCE_MODULES = (
 _imported = False
 
 
-def register_source(name: str, version: int = 1, fingerprint: Optional[Callable[..., object]] = None):
+def register_source(name: str, version: int = 1, fingerprint: Optional[Callable[..., object]] = None,
+                    keyless: Tuple[str, ...] = ()):
     """Register ``build(**params) -> DataBundle`` under ``name``.
 
     ``fingerprint(**params)`` (optional) returns a JSON-able summary of the
-    input files so that a changed folder invalidates the cache.
+    input files so that a changed folder invalidates the cache. ``keyless``:
+    parameters added after data was cached and runs were trained; at their
+    default they are left out of the resolved parameters (so of every cache
+    and run key), as ``lung_crop`` is.
     """
 
     def decorate(build):
         SOURCES.add(name, build)
-        _SOURCE_INFO[name] = {"version": version, "fingerprint": fingerprint}
+        _SOURCE_INFO[name] = {"version": version, "fingerprint": fingerprint, "keyless": tuple(keyless)}
         return build
 
     return decorate
@@ -160,7 +164,9 @@ def resolve_params(name: str, params: dict) -> Tuple[Callable, dict]:
     bound.apply_defaults()
     for key, value in bound.arguments.items():
         _check_type(name, key, value, sig.parameters[key].default)
-    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in bound.arguments.items()}
+    keyless = _SOURCE_INFO[name]["keyless"]
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in bound.arguments.items()
+                if not (k in keyless and v == sig.parameters[k].default)}
     return build, resolved
 
 

@@ -46,6 +46,14 @@ Knobs (``load("phantom", ...)`` = :func:`build`)
                              (tests/test_phantom.py checks <= 0.70) and the quick profile's small CNN
                              at 64x64 reaches ~0.88-0.93, about two thirds of its errors bacterial <->
                              viral (version 3; version 1 left small basal foci that read as normal).
+    label_noise  float, 0.0  in [0, 0.5]: share of the eligible train and val labels flipped (test labels
+                             stay true; meta records true_label and label_flipped)
+    noise_structure str, "symmetric"  or "pneumonia_mild": bacterial <-> viral flips, mostly mild cases
+    shift        None        acquisition shift of the test split ("train hospital != test hospital"):
+                             a preset ("hospital_b") or a dict of exposure / contrast / grain / blur /
+                             device_marker; train and val films are unchanged. Details, ranges and the
+                             preset: support.data.phantom_knobs. The three regime knobs leave the cache
+                             and run keys of the clean data unchanged at their defaults.
     marker_bias  float, 0.0  in [0, 1]: strength of a shortcut. Every image has a burned-in corner
                              marker state -- none, top-left or top-right (a bright square with an
                              "L"-like glyph). In train and val the state is the class's own (normal:
@@ -79,6 +87,7 @@ import torch
 
 from .containers import CXR_CLASSES, SPLITS, DataBundle, Split
 from .core import register_source
+from .phantom_knobs import check_noise, device_markers, draw_device_marker, flip_labels, resolve_shift, shift_film
 
 CLASSES = CXR_CLASSES
 #: Kermany v2 counts per class (normal, bacterial, viral).
@@ -271,13 +280,16 @@ def _polar(x, y, xh, yh, texture, half: int):
     return np.take(texture.ravel(), ri * 512 + si), rho
 
 
-def _render(rng, label: int, size: int, difficulty: float, marker: int):
-    """One image: (uint8 [S,S], lung mask, lesion mask, metadata dict)."""
+def _render(rng, label: int, size: int, difficulty: float, marker: int, film_shift: Optional[dict] = None):
+    """One image: (uint8 [S,S], lung mask, lesion mask, metadata dict); ``film_shift``: the acquisition
+    shift (:func:`support.data.phantom_knobs.shift_film`) applied to the drawn film parameters."""
     S = size
     R = S // 2 if S >= 128 and S % 2 == 0 else S                  # internal resolution (upsampled at the end)
     pose = _Pose(rng, R)
     u, v, px = pose.u, pose.v, pose.px
     P = _anatomy(rng)
+    if film_shift is not None:                                     # after the draws: the same patient
+        P["film"] = shift_film(P["film"], film_shift)
     severity = float(rng.uniform(0.0, 1.0)) if label else 0.0
     n_path = dict(lo=rng.standard_normal((6, 6), dtype=_F), mid=rng.standard_normal((16, 16), dtype=_F),
                   vessel=rng.standard_normal((8, 48), dtype=_F))
@@ -510,9 +522,13 @@ def _check(image_size, difficulty, marker_bias) -> None:
 
 def _generate_chunk(args):
     """Render a list of images; masks come back bit-packed (8x less to send between processes)."""
-    indices, labels, markers, size, seed, difficulty = args
-    out = [_render(np.random.default_rng([seed, int(i)]), int(c), size, difficulty, int(m))
-           for i, c, m in zip(indices, labels, markers)]
+    indices, labels, markers, size, seed, difficulty, shifted, devices, film_shift = args
+    out = [_render(np.random.default_rng([seed, int(i)]), int(c), size, difficulty, int(m),
+                   film_shift if sh else None)
+           for i, c, m, sh in zip(indices, labels, markers, shifted)]
+    for o, i, d in zip(out, indices, devices):
+        if d:
+            draw_device_marker(seed, int(i), o[0])
     pack = lambda k: np.packbits(np.stack([o[k] for o in out]), axis=-1)
     return np.stack([o[0] for o in out]), pack(1), pack(2), [o[3] for o in out]
 
@@ -527,11 +543,14 @@ def _workers(requested: int) -> int:
 
 
 def generate(indices, labels, image_size: int = 256, seed: int = 0, difficulty: float = 1.0,
-             markers: Optional[Sequence[int]] = None, workers: int = 1):
+             markers: Optional[Sequence[int]] = None, workers: int = 1, shift=None,
+             shifted: Optional[Sequence[bool]] = None, devices: Optional[Sequence[bool]] = None):
     """Render phantom images for global ``indices`` (or ``range(indices)`` when an int).
 
     ``labels``: class index per image (0 normal, 1 bacterial, 2 viral) or one for all; ``markers``:
-    marker state per image (0 none, 1 top-left, 2 top-right; default none). Image ``i`` is drawn
+    marker state per image (0 none, 1 top-left, 2 top-right; default none). ``shift``: an acquisition
+    shift (preset name or dict, :mod:`support.data.phantom_knobs`) applied to the images where ``shifted``
+    (default: all); ``devices``: which images carry the device stamp (default none). Image ``i`` is drawn
     from ``np.random.default_rng([seed, i])`` alone, so its bytes do not depend on the other indices
     nor on ``workers`` (forked processes; 1 renders here). Patient anatomy is drawn before anything
     class-dependent, so the same index with another label shows the same patient.
@@ -544,6 +563,9 @@ def generate(indices, labels, image_size: int = 256, seed: int = 0, difficulty: 
     indices = np.arange(indices) if np.isscalar(indices) else np.asarray(indices, dtype=np.int64).ravel()
     labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), indices.shape)
     markers = np.broadcast_to(np.asarray(0 if markers is None else markers, dtype=np.int64), indices.shape)
+    film_shift = resolve_shift(shift)
+    shifted = np.broadcast_to(np.asarray(film_shift is not None if shifted is None else shifted, bool), indices.shape)
+    devices = np.broadcast_to(np.asarray(False if devices is None else devices, bool), indices.shape)
     _check(image_size, difficulty, 0.0)
     for name, values in (("labels", labels), ("markers", markers)):
         if values.size and (values.min() < 0 or values.max() > 2):
@@ -554,8 +576,8 @@ def generate(indices, labels, image_size: int = 256, seed: int = 0, difficulty: 
     from threadpoolctl import threadpool_limits
 
     step = 32
-    chunks = [(indices[i:i + step], labels[i:i + step], markers[i:i + step], image_size, seed, float(difficulty))
-              for i in range(0, len(indices), step)]
+    chunks = [(indices[i:i + step], labels[i:i + step], markers[i:i + step], image_size, seed, float(difficulty),
+               shifted[i:i + step], devices[i:i + step], film_shift) for i in range(0, len(indices), step)]
     workers = _workers(workers) if len(chunks) > 1 else 1
     # One BLAS thread: the matrices are small, so threads only contend. Fork, not spawn, so that
     # an unguarded user script is not re-imported by the workers (which run numpy only).
@@ -577,30 +599,56 @@ def generate(indices, labels, image_size: int = 256, seed: int = 0, difficulty: 
     return images, lungs, lesions, meta
 
 
-@register_source("phantom", version=3)
+@register_source("phantom", version=3, keyless=("label_noise", "noise_structure", "shift"))
 def build(seed: int = 0, n: int = KERMANY_TOTAL, image_size: int = 256, difficulty: float = 1.0,
-          marker_bias: float = 0.0, n_test: Optional[int] = None, n_val: Optional[int] = None) -> DataBundle:
+          marker_bias: float = 0.0, n_test: Optional[int] = None, n_val: Optional[int] = None,
+          label_noise: float = 0.0, noise_structure: str = "symmetric", shift=None) -> DataBundle:
     """The default data: ``n`` phantom chest films in Kermany's class mix and splits (see the module doc).
 
     ``n_test`` / ``n_val`` give the test and validation draws their own size (generated films cost
     nothing: size them to the effect a comparison must detect); the training split stays that of ``n``.
+    ``label_noise`` / ``noise_structure`` / ``shift``: the regime knobs (at their defaults the bundle,
+    and its cache and run keys, are those of the clean data).
     """
     _check(image_size, difficulty, marker_bias)
+    check_noise(label_noise, noise_structure)
+    film_shift = resolve_shift(shift)
     plan = _plan(seed, n, float(marker_bias), n_test, n_val)
+    split_of = plan["split"].to_numpy()
+    devices = np.zeros(len(plan), bool)
+    if film_shift is not None:
+        for s_i, name in enumerate(SPLITS):
+            rows = np.flatnonzero(split_of == name)
+            devices[rows] = device_markers(seed, s_i, len(rows), film_shift["device_marker"][name == "test"])
     big = len(plan) * image_size ** 2 >= 1000 * 128 ** 2                    # below this a pool costs more than it saves
     images, lungs, lesions, meta = generate(plan["index"].to_numpy(), plan["label"].to_numpy(), image_size, seed,
-                                            difficulty, plan["marker"].to_numpy(), workers=2 if big else 1)
+                                            difficulty, plan["marker"].to_numpy(), workers=2 if big else 1,
+                                            shift=film_shift, shifted=split_of == "test", devices=devices)
     meta.insert(0, "id", [f"phantom-s{seed}-{i:06d}" for i in plan["index"]])
-    meta.insert(2, "split", plan["split"].to_numpy())
+    meta.insert(2, "split", split_of)
+    labels = plan["label"].to_numpy().copy()
+    if label_noise > 0:
+        meta["true_label"] = labels.copy()
+        for s_i, name in enumerate(SPLITS[:2]):                               # train and val; test stays true
+            rows = np.flatnonzero(split_of == name)
+            labels[rows] = flip_labels(labels[rows], meta["severity"].to_numpy()[rows], label_noise,
+                                       noise_structure, seed, s_i)
+        meta["label"], meta["class"] = labels, np.asarray(CLASSES)[labels]
+        meta["label_flipped"] = labels != meta["true_label"].to_numpy()
+    if film_shift is not None:
+        meta["acquisition"] = np.where(split_of == "test", "shifted", "reference")
+        meta["device_marker"] = devices
     splits = {}
     for name in SPLITS:
-        rows = np.flatnonzero(plan["split"].to_numpy() == name)
-        splits[name] = Split(images=torch.from_numpy(images[rows]), labels=torch.from_numpy(plan["label"].to_numpy()[rows]),
+        rows = np.flatnonzero(split_of == name)
+        splits[name] = Split(images=torch.from_numpy(images[rows]), labels=torch.from_numpy(labels[rows]),
                              ids=meta["id"].iloc[rows].tolist(), lung_masks=torch.from_numpy(lungs[rows]),
                              lesion_masks=torch.from_numpy(lesions[rows]), meta=meta.iloc[rows].reset_index(drop=True))
     extra = (f", difficulty {difficulty:g}" if difficulty != 1.0 else "") + \
         (f", marker_bias {marker_bias:g}" if marker_bias else "") + \
-        (f", test {n_test}" if n_test is not None else "") + (f", val {n_val}" if n_val is not None else "")
+        (f", test {n_test}" if n_test is not None else "") + (f", val {n_val}" if n_val is not None else "") + \
+        (f", {label_noise:.0%} {noise_structure} label noise in train/val" if label_noise > 0 else "") + \
+        (f", test acquisition shift {shift if isinstance(shift, str) else film_shift}" if film_shift else "")
     source = f"CXR phantom (generated, seed {seed}, n={n}, {image_size}²{extra})"
     return DataBundle(classes=CLASSES, splits=splits, source=source, name="phantom")
 

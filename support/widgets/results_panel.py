@@ -49,9 +49,13 @@ def _png(fig) -> bytes:
 
 
 def _experiment_key(run: Run) -> str:
+    """The group a run belongs to, headed by its data regime (:func:`support.regimes.regime_of`)."""
+    from ..regimes import regime_of
+
     cfg = run.config.get("experiment") or run.config.get("config") or {}
     rest = {k: v for k, v in cfg.items() if k not in ("loss", "loss_params", "seed")}
-    return f"{run.metrics['data_source']} · {run.metrics['arch']} · {artifacts.config_key(rest, 6)}"
+    regime = regime_of(run.metrics.get("data") or {})
+    return f"[{regime}] {run.metrics['data_source']} · {run.metrics['arch']} · {artifacts.config_key(rest, 6)}"
 
 
 class ResultsPanel(Panel):
@@ -196,7 +200,14 @@ class ResultsPanel(Panel):
         self._recompute()
 
     def update(self, **params) -> "ResultsPanel":
-        """Set any of ``group, losses, seeds, metric, split`` as a user would, then recompute once."""
+        """Set any of ``group, regime, losses, seeds, metric, split`` as a user would, then recompute once.
+
+        ``regime`` (``support.regimes.REGIMES``: clean, label_noise, ...) picks the first group of runs trained
+        in that regime; the ``shift`` regime trains no runs (notebook 10 scores the clean ones on shifted films).
+        """
+        if "regime" in params:
+            params = dict(params)
+            params["group"] = self._group_of_regime(params.pop("regime"))
         allowed = {"group": self.group, "losses": self.losses, "seeds": self.seeds, "metric": self.metric,
                    "split": self.split}
         unknown = sorted(set(params) - set(allowed))
@@ -226,6 +237,18 @@ class ResultsPanel(Panel):
             self._hold = held
         self._recompute()
         return self
+
+    def _group_of_regime(self, regime: str) -> str:
+        from ..regimes import REGIMES, check_regime
+
+        check_regime(regime)
+        found = [g for g in self.groups if g.startswith(f"[{regime}] ")]
+        if not found:
+            trained = [r for r, spec in REGIMES.items() if not spec.test]
+            raise ValueError(f"no runs of regime {regime!r} in {self.runs_dir}; regimes with runs here: "
+                             f"{sorted({g[1:g.index(']')] for g in self.groups})}. Runs exist for {', '.join(trained)} "
+                             "(notebook 10 trains the label-noise runs; the shift regime only re-scores clean runs)")
+        return found[0]
 
     @property
     def selected(self) -> List[Run]:
