@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import artifacts, paths, stats
+from .. import artifacts, ensembles, paths, stats  # ensembles: registers model_level, so run.model() loads those runs
 from ..runs import Run
 from . import metrics as M
 from .cams import CamExtractor, LocalizationError, ensemble_cam, get_method, resize_cams
@@ -86,13 +86,6 @@ def class_interleaved(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.array(order[:n], dtype=np.int64)
 
 
-def load_model(run: Run, device="cpu") -> torch.nn.Module:
-    """Rebuild a finished run's model from ``config.json`` + ``best.pt`` (model-level runs included), eval mode."""
-    from ..ensembles.model_level import load_member
-
-    return load_member(run.path).to(device).eval()
-
-
 def input_size(run: Run) -> int:
     return int(run.config["config"]["image_size"])
 
@@ -121,7 +114,7 @@ def run_cams(run: Run, images_u8: torch.Tensor, ids: Sequence[str], targets, met
                 pass  # unreadable cache file: recompute and overwrite it
         todo.append((m, path))
     if todo:
-        model = load_model(run, device)
+        model = run.model(device)
         x = to_device_images(images_u8, input_size(run), torch.device(device))
         for m, path in todo:
             with CamExtractor(model, m, layer) as cam:
@@ -147,8 +140,6 @@ def ensemble_entries(runs: Sequence[Run], k: int = 3, methods: Sequence[str] = (
     (cached when notebook 06 trained it with the same ``train_overrides``: the profile's
     ``ensembles.model_level`` settings).
     """
-    from .. import ensembles
-
     out = []
     for seed, rs in ensembles.group_by_seed(runs).items():
         kk = min(k, len(rs))
@@ -243,7 +234,7 @@ def evaluate(entries: Sequence[Entry], bundle, methods: Sequence[str] = ("gradca
             if m == road_method and road_images and e.kind != "ensemble" and e.seed == road_seed:
                 r = min(road_images, n)
                 run = e.runs[0]
-                model = load_model(run, device)
+                model = run.model(device)
                 from ..training import to_device_images
 
                 s = input_size(run)
