@@ -89,7 +89,7 @@ def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=Non
     learn from, passed as ``seg_data`` to the notebooks that declare it (02 and 05, which then crop the films).
     """
     p = profiles.get(profile)
-    out_dir = paths.runs_dir() / "notebooks"
+    out_dir = paths.executed_notebooks_dir()
     common = {"profile": profile, "data": data, "force": force, **({"seg_data": lung_masks} if lung_masks else {})}
     jobs = []
     for nb in notebooks(only):
@@ -445,8 +445,8 @@ def main(argv=None) -> int:
             continue
         print(f"  FAILED {j.notebook.name} {j.parameters}: {j.error}\n         executed copy: {j.output}"
               f"\n         kernel log:    {j.log}")
-    print(f"Executed notebooks: {paths.runs_dir() / 'notebooks'}")
-    print(f"Kernel logs:        {paths.runs_dir() / 'notebooks' / 'logs'}")
+    print(f"Executed notebooks: {paths.executed_notebooks_dir()}")
+    print(f"Kernel logs:        {paths.executed_notebooks_dir() / 'logs'}")
     print(f"Run folders:        {paths.runs_dir()}")
     print(f"Report tables:      {paths.report_dir()}")
     print(f"Figures:            {paths.figures_dir()}")

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .. import artifacts, ensembles, paths, stats  # ensembles: registers model_level, so run.model() loads those runs
 from ..runs import Run
+from ..tables import interval_cells
 from . import metrics as M
 from .cams import CamExtractor, LocalizationError, ensemble_cam, get_method, resize_cams
 
@@ -105,7 +106,7 @@ def run_cams(run: Run, images_u8: torch.Tensor, ids: Sequence[str], targets, met
     out, todo = {}, []
     for m in methods:
         get_method(m)
-        path = paths.inside(paths.runs_dir(), "localization", "cams", artifacts.config_key({**base, "method": m}) + ".npz")
+        path = paths.inside(paths.cam_cache_dir(), artifacts.config_key({**base, "method": m}) + ".npz")
         if path.exists() and not force:
             try:
                 out[m] = artifacts.read_npz(path)["cams"].astype(np.float32)
@@ -290,8 +291,7 @@ def display_table(long: pd.DataFrame, method: str = "gradcam", metrics: Sequence
     t = long[(long["method"] == method) & long["metric"].isin(metrics)]
     if t.empty:
         raise LocalizationError(f"no rows for CAM method {method!r}; methods present: {sorted(long['method'].unique())}")
-    f = f"{{:.{digits}f}}".format
-    t = t.assign(cell=t["value"].map(f) + " [" + t["boot_lo"].map(f) + ", " + t["boot_hi"].map(f) + "]")
+    t = t.assign(cell=interval_cells(t["value"], t["boot_lo"], t["boot_hi"], digits))
     wide = t.pivot_table(index=["entry", "kind"], columns="metric", values="cell", aggfunc="first")
     first = next(m for m in metrics if m in set(t["metric"]))  # pointing game; ROAD on films without lesion masks
     order = t[t["metric"] == first].sort_values("value", ascending=False)["entry"]
