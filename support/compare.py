@@ -107,9 +107,7 @@ def loss_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0,
     for label, rs in groups.items():
         row = {"loss": label, "n_seeds": len(rs), "seeds": ",".join(str(r.seed) for r in rs), "n_images": len(y)}
         for m in table_metrics:
-            vals = np.array([score(r, m, split) for r in rs], dtype=float)
-            row[f"{m}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan
-            row[f"{m}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan
+            row[f"{m}_mean"], row[f"{m}_sd"] = inference.seed_summary([score(r, m, split) for r in rs])
         probs = np.stack([r.probs(split) for r in rs])
         for m in boot_metrics:
             ci = inference.model_intervals(y, {label: probs}, m, idx=idx).iloc[0]

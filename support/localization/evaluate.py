@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import artifacts, ensembles, paths, stats  # ensembles: registers model_level, so run.model() loads those runs
+from .. import artifacts, ensembles, inference, paths, stats  # ensembles: registers model_level, so run.model() loads those runs
 from ..runs import Run
 from ..tables import interval_cells
 from . import metrics as M
@@ -279,7 +279,7 @@ def summary(per_image: pd.DataFrame, metrics: Optional[Sequence[str]] = None, n_
             n = int(np.isfinite(V[:, j]).sum())
             if not n:
                 continue
-            sd = seeds[m].std(ddof=1) if seeds[m].notna().sum() > 1 else np.nan
+            sd = inference.seed_summary(seeds[m])[1]
             rows.append(dict(zip(keys, key), metric=m, value=float(np.nanmean(V[:, j])), sd=float(sd),
                              boot_lo=float(lo[j]), boot_hi=float(hi[j]), n_images=n, n_seeds=int(seeds[m].notna().sum())))
     return pd.DataFrame(rows, columns=columns)
