@@ -33,6 +33,7 @@ from .evaluate import (Entry, LocalizationResult, chance_level, conclusions, dis
                        summary)
 from .boxes import box_masks, read_boxes, with_box_masks
 from . import figures, shortcut
+from .study import evaluate_section, shortcut_section
 
 __all__ = [
     "CAM_METHODS", "CamExtractor", "LocalizationError", "compute_cams", "ensemble_cam", "get_method", "names",
@@ -40,6 +41,6 @@ __all__ = [
     "best_threshold", "dice", "energy_inside", "image_metrics", "iou", "pointing_game", "road_scores", "Entry",
     "LocalizationResult", "chance_level", "conclusions", "display_table", "ensemble_entries", "evaluate",
     "lesion_index", "numeric_table", "run_cams", "shown_metrics", "single_entries", "skipped_note",
-    "summary", "box_masks",
+    "summary", "box_masks", "evaluate_section", "shortcut_section",
     "read_boxes", "with_box_masks", "figures", "shortcut",
 ]
