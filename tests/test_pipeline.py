@@ -74,8 +74,8 @@ def test_each_notebook_gets_only_the_parameters_it_declares():
             continue
         assert set(job.parameters) <= pipeline.declared(job.notebook)
     by_number = {j.notebook.name[:2]: j.parameters for j in jobs if not j.train}
-    assert by_number["00"] == {} and pipeline.declared(jobs[-1].notebook.parent / "00_start_here.ipynb") == set()
-    assert "profile" not in by_number["03"]  # 03 is analytic: no profile, no data, no force
+    assert by_number["00"] == {"profile": "smoke"}  # 00 and 03 read no data and train nothing: no data, no force
+    assert set(by_number["03"]) == {"profile"}
     per_loss = [j for j in pipeline.plan("smoke", "phantom", False, only=["04"], losses=["cce"], seeds=[0])
                 if not j.train]
     assert set(per_loss[0].parameters) == {"profile", "data", "force", "loss", "seed"}
