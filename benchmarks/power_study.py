@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from support import compare, inference, profiles, runs  # noqa: E402
+from support.data import data_config  # noqa: E402
 
 
 def _half(se_seed, se_image, seeds, level=0.95):
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--note", default="")
     args = ap.parse_args(argv)
     p = profiles.get(args.profile)
-    found = [r for r in runs.find_runs(arch=p["train"]["arch"], data=profiles.data_config(args.profile, args.data))
+    found = [r for r in runs.find_runs(arch=p["train"]["arch"], data=data_config(args.profile, args.data))
              if r.loss in p["losses"]]
     if not found:
         raise SystemExit("no finished runs of this profile: run ./run_all.sh (or notebook 04) first")

@@ -20,9 +20,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from . import artifacts, inference, paths, stats
+from . import inference, stats
 from .metrics import METRICS
 from .runs import Run
+from .tables import interval_cells, mean_sd_cells, save_table  # noqa: F401  (save_table: notebooks 05, 08)
 
 #: Columns of the main table, in order (all are test-set metrics).
 TABLE_METRICS = ("mcc", "accuracy", "f1", "kappa", "auroc_macro", "auprc_macro", "ece", "brier")
@@ -106,9 +107,7 @@ def loss_table(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0,
     for label, rs in groups.items():
         row = {"loss": label, "n_seeds": len(rs), "seeds": ",".join(str(r.seed) for r in rs), "n_images": len(y)}
         for m in table_metrics:
-            vals = np.array([score(r, m, split) for r in rs], dtype=float)
-            row[f"{m}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan
-            row[f"{m}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan
+            row[f"{m}_mean"], row[f"{m}_sd"] = inference.seed_summary([score(r, m, split) for r in rs])
         probs = np.stack([r.probs(split) for r in rs])
         for m in boot_metrics:
             ci = inference.model_intervals(y, {label: probs}, m, idx=idx).iloc[0]
@@ -132,15 +131,13 @@ def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     out = pd.DataFrame({"loss": table["loss"], "seeds": table["n_seeds"]})
     if "n_images" in table:
         out["test images"] = table["n_images"]
-    f = f"{{:.{digits}f}}"
+    f = f"{{:.{digits}f}}".format
     for m in TABLE_METRICS:
         if f"{m}_mean" not in table:
             continue
-        sd = table[f"{m}_sd"].map(lambda v: "" if pd.isna(v) else " ± " + f.format(v))
-        out[m] = table[f"{m}_mean"].map(f.format) + sd
+        out[m] = mean_sd_cells(table[f"{m}_mean"], table[f"{m}_sd"], digits)
         if f"{m}_lo" in table:
-            out[f"{m} 95% CI (seeds × images)"] = ("[" + table[f"{m}_lo"].map(f.format) + ", "
-                                                  + table[f"{m}_hi"].map(f.format) + "]")
+            out[f"{m} 95% CI (seeds × images)"] = [f"[{f(a)}, {f(b)}]" for a, b in zip(table[f"{m}_lo"], table[f"{m}_hi"])]
     return out
 
 
@@ -227,16 +224,3 @@ def first_seed_predictions(runs: Sequence[Run]) -> Dict[str, Run]:
     groups = group_by_loss(runs)
     chosen = {label: rs[0] for label, rs in groups.items()}
     return dict(sorted(chosen.items(), key=lambda kv: -kv[1].metrics["test"]["mcc"]))
-
-
-def save_table(table: pd.DataFrame, name: str, caption: str) -> Dict[str, str]:
-    """Write ``runs/report/<name>.{csv,md,tex}``; the caption (naming the data source) heads each file."""
-    root = paths.report_dir()
-    csv = paths.inside(root, f"{name}.csv")
-    artifacts.write_text(csv, table.to_csv(index=False))
-    md = paths.inside(root, f"{name}.md")
-    artifacts.write_text(md, f"**{caption}**\n\n" + table.to_markdown(index=False) + "\n")
-    tex = paths.inside(root, f"{name}.tex")
-    latex = table.to_latex(index=False, caption=caption, label=f"tab:{name}", escape=True, float_format="%.3f")
-    artifacts.write_text(tex, latex)
-    return {"csv": str(csv), "md": str(md), "tex": str(tex)}

@@ -39,6 +39,15 @@ from scipy import stats as sps
 from . import stats
 from .metrics import METRICS, check_inputs
 
+def seed_summary(values) -> Tuple[float, float]:
+    """``(mean, sd)`` of one metric's per-seed values for a table: NaN values (undefined on a seed) are
+    left out of both; the sd (ddof 1) needs two defined seeds, else it is NaN, as is a mean of none."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    mean = float(v.mean()) if len(v) else float("nan")
+    return mean, float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
 #: Metrics where lower is better (a "gain" of a loss is then a negative delta).
 LOWER_IS_BETTER = ("ece", "adaptive_ece", "classwise_ece", "mce", "nll", "log_loss", "brier")
 

@@ -74,6 +74,21 @@ def report_dir() -> Path:
     return runs_dir() / "report"
 
 
+def executed_notebooks_dir() -> Path:
+    """Folder of the pipeline's executed notebooks (``runs/notebooks``; kernel logs in its ``logs/``)."""
+    return runs_dir() / "notebooks"
+
+
+def cam_cache_dir() -> Path:
+    """Folder of cached CAMs of notebook 07 (``runs/localization/cams``), keyed by their parameters."""
+    return runs_dir() / "localization" / "cams"
+
+
+def shortcut_runs_dir() -> Path:
+    """Folder of the shortcut experiment's run folders (``runs/shortcut``), apart from the loss study's."""
+    return runs_dir() / "shortcut"
+
+
 def inside(root: Path, *parts: str | os.PathLike) -> Path:
     """Join ``parts`` under ``root`` and refuse any result that escapes it.
 

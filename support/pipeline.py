@@ -41,6 +41,7 @@ from typing import List, Optional
 import filelock
 
 from . import paths, profiles
+from .data import data_config, load, parse_data_spec
 from .kernels import describe_failure, kernel_env, kernel_manager_class
 
 NOTEBOOKS_DIR = paths.PROJECT_ROOT / "notebooks"
@@ -75,12 +76,11 @@ def notebooks(only: Optional[List[str]] = None) -> List[Path]:
     return found
 
 
-def declared(notebook: Path) -> Optional[set]:
-    """The names a notebook's ``parameters`` cell defines (papermill's own parser); None without one."""
+def declared(notebook: Path) -> set:
+    """The names a notebook's ``parameters`` cell defines (papermill's own parser); empty without one."""
     import papermill as pm
 
-    names = set(pm.inspect_notebook(str(notebook)))
-    return names or None
+    return set(pm.inspect_notebook(str(notebook)))
 
 
 def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=None, lung_masks: str = "") -> List[Job]:
@@ -90,12 +90,12 @@ def plan(profile: str, data: str, force: bool, only=None, losses=None, seeds=Non
     learn from, passed as ``seg_data`` to the notebooks that declare it (02 and 05, which then crop the films).
     """
     p = profiles.get(profile)
-    out_dir = paths.runs_dir() / "notebooks"
+    out_dir = paths.executed_notebooks_dir()
     common = {"profile": profile, "data": data, "force": force, **({"seg_data": lung_masks} if lung_masks else {})}
     jobs = []
     for nb in notebooks(only):
         names = declared(nb)
-        mine = {k: v for k, v in common.items() if names is None or k in names}
+        mine = {k: v for k, v in common.items() if k in names}
         if nb.name.startswith(PER_LOSS):
             all_seeds = list(seeds or p["seeds"])
             for seed in all_seeds:
@@ -218,9 +218,7 @@ def execute(job: Job, kernel: str = "python3", env: Optional[dict] = None, timeo
 
 def prepare_data(profile: str, data: str, force: bool) -> None:
     """Generate (or find cached) the profile's data once, before notebooks that all read it start at once."""
-    from .data import load
-
-    config = profiles.data_config(profile, data)
+    config = data_config(profile, data)
     start = time.perf_counter()
     try:
         bundle = load(**config, force=force, verbose=False)
@@ -345,7 +343,7 @@ def check_args(args) -> None:
     from .data.core import resolve_params
 
     try:
-        data = profiles.data_config(args.profile, args.data)
+        data = data_config(args.profile, args.data)
         resolve_params(data.pop("name"), data)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"--data {args.data}: {exc}") from None
@@ -355,7 +353,7 @@ def check_args(args) -> None:
                              "folder or file (nothing is downloaded)")
     if args.lung_masks:
         try:
-            masks = profiles.data_config(args.profile, args.lung_masks)
+            masks = data_config(args.profile, args.lung_masks)
             resolve_params(masks.pop("name"), masks)
         except (ValueError, TypeError) as exc:
             raise SystemExit(f"--lung-masks {args.lung_masks}: {exc}") from None
@@ -404,8 +402,6 @@ def ray_sweep(args, jobs: List[Job], seeds, dry_run: bool = False) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .data import parse_data_spec
-
     check_args(args)
     name, params = parse_data_spec(args.data)
     seeds = [int(s) for s in _csv(args.seeds)] or None
@@ -448,8 +444,8 @@ def main(argv=None) -> int:
             continue
         print(f"  FAILED {j.notebook.name} {j.parameters}: {j.error}\n         executed copy: {j.output}"
               f"\n         kernel log:    {j.log}")
-    print(f"Executed notebooks: {paths.runs_dir() / 'notebooks'}")
-    print(f"Kernel logs:        {paths.runs_dir() / 'notebooks' / 'logs'}")
+    print(f"Executed notebooks: {paths.executed_notebooks_dir()}")
+    print(f"Kernel logs:        {paths.executed_notebooks_dir() / 'logs'}")
     print(f"Run folders:        {paths.runs_dir()}")
     print(f"Report tables:      {paths.report_dir()}")
     print(f"Figures:            {paths.figures_dir()}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
-from . import profiles
+from .data import data_config, load, parse_data_spec
 
 PHANTOM = "generated phantom"
 NODULES = "generated nodules"
@@ -20,8 +20,6 @@ NODULES = "generated nodules"
 
 def describe_source(spec: str, profile: str = "smoke") -> str:
     """``your films (kermany: /x)`` for a user's source, ``generated phantom`` for the phantom."""
-    from .data import parse_data_spec
-
     name, params = parse_data_spec(spec)
     if name == "phantom":
         return PHANTOM
@@ -31,10 +29,8 @@ def describe_source(spec: str, profile: str = "smoke") -> str:
 
 def mask_note(profile: str, data: str) -> Optional[str]:
     """Which of lesion / lung masks the profile's data for ``data`` lacks (``None`` if it cannot be loaded)."""
-    from .data import load
-
     try:
-        test = load(**profiles.data_config(profile, data), verbose=False).splits["test"]
+        test = load(**data_config(profile, data), verbose=False).splits["test"]
     except Exception:  # noqa: BLE001 - the summary must not fail; the notebooks report the load error
         return None
     lesion = test.lesion_masks is not None and bool(test.lesion_masks.flatten(1).any(1).any())

@@ -4,7 +4,7 @@
     rep.write()                               # runs/report/09_report_quick.{md,tex}
     summary_figure(rep)                       # one page: a panel per study, "not run yet" where missing
 
-Each study's notebook saves its tables with :func:`support.compare.save_table`
+Each study's notebook saves its tables with :func:`support.tables.save_table`
 as ``runs/report/<NN>_<name>_<profile>.{csv,md,tex}`` (caption with the data
 source in the ``.md``). The report reads those CSV files — the human-readable
 ``*_display`` variant when there is one — and re-renders them, with their
@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from . import artifacts, compare, paths
+from . import artifacts, compare, paths, tables
 
 #: Study number -> (title, the notebook or command that writes its tables, preferred summary metrics).
 STUDIES = {
@@ -208,7 +208,7 @@ def build_report(profile: str, runs: Sequence = (), n_boot: int = 1000, root=Non
         studies["05"] = fresh + [t for t in studies["05"] if not t.name.startswith(f"05_losses_{profile}")]
     rep = Report(profile, studies, Path(root) if root else paths.report_dir())
     for t in fresh:
-        compare.save_table(t.frame, f"09_losses_{profile}", t.caption)
+        tables.save_table(t.frame, f"09_losses_{profile}", t.caption)
     return rep
 
 

@@ -19,7 +19,7 @@ from typing import List, Optional
 import numpy as np
 import pandas as pd
 
-from . import artifacts, paths
+from . import artifacts, models, paths
 from .data.halves import HALVES, val_halves
 
 
@@ -65,6 +65,20 @@ class Run:
     @property
     def key(self) -> str:
         return self.path.name
+
+    def model(self, device="cpu") -> models.Classifier:
+        """The run's Classifier rebuilt from ``config.json`` with ``best.pt`` loaded, on ``device``, in eval mode.
+
+        A model-level ensemble run needs ``import support.ensembles`` first (it registers that architecture).
+        """
+        info = self.config
+        cfg = info.get("config") or {}
+        if "arch" not in cfg or "classes" not in info:
+            raise artifacts.ArtifactError(f"{self.path / 'config.json'} lacks the config/classes of a lossbench run")
+        net = models.build(cfg["arch"], len(info["classes"]), in_chans=1, head=cfg.get("head", "paper"),
+                           dcl_channels=cfg.get("dcl_channels", 512), **(cfg.get("arch_params") or {}))
+        net.load_state_dict(artifacts.load_state(self.path / "best.pt"))
+        return net.to(device).eval()
 
     @property
     def loss(self) -> str:

@@ -53,6 +53,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 from tqdm.auto import tqdm
 
 from . import paths, profiles, training
+from .data import data_config
 from .training import TrainConfig
 from . import logs
 
@@ -127,7 +128,7 @@ def _data_dict(data, profile: Optional[str]) -> dict:
 
     if isinstance(data, str):
         if profile:
-            return profiles.data_config(profile, data)
+            return data_config(profile, data)
         name, params = parse_data_spec(data)
         return {"name": name, **params}
     if isinstance(data, dict) and "name" in data:
@@ -186,7 +187,7 @@ def notebook_configs(profile: str, data: str = "phantom", losses: Optional[Seque
                      seeds: Optional[Sequence[int]] = None) -> List[TrainConfig]:
     """The configs notebook 04 trains under ``./run_all.sh`` (same keys, so the notebooks find them)."""
     p = profiles.get(profile)
-    return [TrainConfig.from_profile(profile, data=profiles.data_config(profile, data), loss=loss,
+    return [TrainConfig.from_profile(profile, data=data_config(profile, data), loss=loss,
                                      loss_params={}, seed=int(seed))
             for seed in (seeds or p["seeds"]) for loss in (losses or p["losses"])]
 
@@ -242,7 +243,7 @@ def run(grid: Union[dict, str, os.PathLike, Sequence[TrainConfig]], backend: str
         if backend == "local":
             _run_local(todo, root, force, progress, workers, gpus, worker_hook, num_cpus)
         else:
-            from . import sweep_ray
+            from . import sweep_ray  # cycle allowed (tests/test_imports.py): the optional Ray backend, on demand
 
             sweep_ray.run_ray(todo, root, force=force, progress=progress, address=address, num_gpus=num_gpus,
                               num_cpus=num_cpus, max_retries=max_retries, shared_fs=shared_fs,

@@ -127,3 +127,14 @@ def test_mde_with_few_degrees_of_freedom_is_large_or_infinite_never_an_error():
     assert 1.0 < two_seeds < np.inf  # t with 1 df at alpha/14: hundreds of standard errors
     assert inference.minimum_detectable_effect(0.0, np.inf) == 0.0
     # (Satterthwaite's df is never below seeds - 1 >= 1, so df < 1 does not occur)
+
+
+def test_seed_summary_leaves_undefined_seeds_out_of_mean_and_sd():
+    from support.inference import seed_summary
+
+    assert seed_summary([0.5, 0.7]) == pytest.approx((0.6, np.std([0.5, 0.7], ddof=1)))
+    mean, sd = seed_summary([0.5, float("nan"), 0.7])       # a metric undefined on one seed
+    assert mean == pytest.approx(0.6) and sd == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    mean, sd = seed_summary([0.4, float("nan")])             # one defined seed: no sd
+    assert mean == pytest.approx(0.4) and np.isnan(sd)
+    assert all(np.isnan(seed_summary([float("nan")])))

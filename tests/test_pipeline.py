@@ -66,12 +66,16 @@ def test_a_hung_cell_times_out_with_the_env_given_and_a_quiet_console(tmp_path, 
 
 def test_each_notebook_gets_only_the_parameters_it_declares():
     """papermill warns 'Passed unknown parameter' for the others (style rule 19)."""
-    for job in pipeline.plan("smoke", "phantom", False, only=["03", "04"], losses=["cce"], seeds=[0]):
-        assert job.parameters["profile"] == "smoke"
+    jobs = pipeline.plan("smoke", "phantom", False, only=["00", "03", "04"], losses=["cce"], seeds=[0])
+    for job in jobs:
         if job.train:  # notebook 04's training stage runs no notebook: it gets the losses it trains
+            assert job.parameters["profile"] == "smoke"
             assert job.parameters["losses"] == ["cce"] and job.parameters["seed"] == 0
             continue
         assert set(job.parameters) <= pipeline.declared(job.notebook)
+    by_number = {j.notebook.name[:2]: j.parameters for j in jobs if not j.train}
+    assert by_number["00"] == {"profile": "smoke"}  # 00 and 03 read no data and train nothing: no data, no force
+    assert set(by_number["03"]) == {"profile"}
     per_loss = [j for j in pipeline.plan("smoke", "phantom", False, only=["04"], losses=["cce"], seeds=[0])
                 if not j.train]
     assert set(per_loss[0].parameters) == {"profile", "data", "force", "loss", "seed"}

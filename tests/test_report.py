@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from support import compare, paths, report
+from support import paths, report, tables
 from support.runs import find_runs
 from ui_runs import SOURCE, make_run, splits
 
@@ -22,14 +22,14 @@ def _segmentation_table():
     raw = pd.DataFrame({"model": ["seg_bce", "AND top-3"], "dice": [0.91, 0.94], "dice_lo": [0.89, 0.92],
                         "dice_hi": [0.93, 0.96]})
     caption = "Lung segmentation on 20 test images (mean, 95 % bootstrap CI). Data: lung phantom"
-    compare.save_table(raw, "02_segmentation_smoke", caption)
+    tables.save_table(raw, "02_segmentation_smoke", caption)
     shown = raw.assign(dice=["0.910 [0.890, 0.930]", "0.940 [0.920, 0.960]"])
-    compare.save_table(shown, "02_segmentation_smoke_display", caption)
+    tables.save_table(shown, "02_segmentation_smoke_display", caption)
 
 
 def test_report_collects_recomputes_and_notes_missing_studies(with_runs):
     _segmentation_table()
-    compare.save_table(pd.DataFrame({"x": [1]}), "07_other_quick", "another profile. Data: phantom")
+    tables.save_table(pd.DataFrame({"x": [1]}), "07_other_quick", "another profile. Data: phantom")
     rep = report.build_report("smoke", runs=with_runs, n_boot=50)
     assert rep.missing() == ["06", "07", "08", "10"]  # 07 exists only for another profile
     seg = rep.studies["02"]

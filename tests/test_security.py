@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from support import artifacts, compare, models, paths, pipeline, plots, runs, training
+from support import artifacts, models, paths, pipeline, plots, runs, tables, training
 from support.data import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def test_jupyterlab_in_tests_binds_to_localhost_with_a_token():
 ESCAPES = {
     "figure-name": lambda: plots.save_figure(None, "../../outside"),
     "figure-absolute": lambda: plots.save_figure(None, "/tmp/outside"),
-    "report-table-name": lambda: compare.save_table(pd.DataFrame({"a": [1]}), "../../outside", "caption"),
+    "report-table-name": lambda: tables.save_table(pd.DataFrame({"a": [1]}), "../../outside", "caption"),
     "ensemble-member-ref": lambda: __import__("support.ensembles.model_level", fromlist=["x"]).resolve_member(
         "../../outside"),
     "pipeline-loss-name": lambda: pipeline.plan("smoke", "phantom", False, only=["04"], losses=["../../../x"]),

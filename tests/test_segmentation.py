@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from support import segmentation as seg
-from support.data import DataBundle, Split
+from support.data import DataBundle, Split, lungcrop
 from support.data.images import ImageDecodeError, SkippedImagesWarning
 from support.segmentation import crop as crop_mod
 from support.segmentation import train as train_mod
@@ -141,7 +141,7 @@ def test_crop_box_contains_the_mask_and_stays_inside(seed):
     y0, y1, x0, x1 = box
     assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w, box
     assert mask[y0:y1, x0:x1].sum() == mask.sum()
-    big = crop_mod.scale_box(box, (h, w), (3 * h, 2 * w))
+    big = lungcrop.scale_box(box, (h, w), (3 * h, 2 * w))
     assert big[0] <= 3 * y0 and big[1] >= 3 * y1 and big[2] <= 2 * x0 and big[3] >= 2 * x1
     assert big[1] <= 3 * h and big[3] <= 2 * w
 
@@ -169,9 +169,23 @@ def test_crop_falls_back_to_whole_image_on_empty_or_implausible_masks():
 SMOKE_CROP = {"seg_profile": "smoke"}
 
 
+def test_loading_reads_masks_and_never_trains(seg_env, trained, monkeypatch):
+    from support.data import load
+
+    monkeypatch.setattr(train_mod, "_epoch", lambda *a: pytest.fail("data loading trained a U-Net"))
+    with pytest.raises(seg.MissingLungMasksError, match=r"make_lung_masks\('phantom'.*notebook 02"):
+        load("phantom", n=60, image_size=64, lung_crop=SMOKE_CROP, verbose=False)
+    path = seg.make_lung_masks("phantom", SMOKE_CROP, n=60, image_size=64, verbose=False)  # the fixture's U-Nets
+    assert path.exists() and "lungmasks" in path.name
+    monkeypatch.setattr(crop_mod, "predict_masks", lambda *a, **k: pytest.fail("finished masks predicted again"))
+    assert seg.make_lung_masks("phantom", SMOKE_CROP, n=60, image_size=64, verbose=False) == path
+    assert seg.make_lung_masks("phantom", "true_masks", n=60, image_size=64) is None  # no stage for true masks
+
+
 def test_crop_cache_hit_on_second_load(seg_env, trained, monkeypatch):
     from support.data import load
 
+    seg.make_lung_masks("phantom", SMOKE_CROP, n=60, image_size=64, verbose=False)
     first = load("phantom", n=60, image_size=64, lung_crop=SMOKE_CROP, verbose=False)
     lungs = first.splits["test"].lung_masks
     meta = first.splits["test"].meta
@@ -180,7 +194,7 @@ def test_crop_cache_hit_on_second_load(seg_env, trained, monkeypatch):
     assert lungs.flatten(1).any(1).all()                    # the lungs survive the crop
     assert first.params["lung_crop"]["masks"] == "unet" and first.params["lung_crop"]["top_k"] == 3
     assert len(list((seg_env / "data" / "cache").glob("phantom-lungcrop-*.npz"))) == 1
-    monkeypatch.setattr(crop_mod, "crop_bundle", lambda *a, **k: pytest.fail("crop recomputed: no cache hit"))
+    monkeypatch.setattr(lungcrop, "crop_bundle", lambda *a, **k: pytest.fail("crop recomputed: no cache hit"))
     monkeypatch.setattr(crop_mod, "predict_masks", lambda *a, **k: pytest.fail("masks predicted again"))
     monkeypatch.setattr(train_mod, "_epoch", lambda *a: pytest.fail("U-Net retrained"))
     again = load("phantom", n=60, image_size=64, lung_crop=SMOKE_CROP, verbose=False)
@@ -243,6 +257,7 @@ def test_empty_predicted_masks_keep_every_whole_film_with_a_warning(seg_env, tra
     monkeypatch.setattr(crop_mod, "predict_masks", lambda runs, images, **k: torch.zeros(
         (len(images), 32, 32), dtype=torch.bool))
     base = load("phantom", n=40, image_size=64, verbose=False)
+    seg.make_lung_masks("phantom", SMOKE_CROP, n=40, image_size=64, force=True, verbose=False)
     with pytest.warns(seg.CropFallbackWarning, match="40 of 40 image.*empty mask"):
         out = load("phantom", n=40, image_size=64, lung_crop=SMOKE_CROP, cache=False, verbose=False)
     for s in ("train", "val", "test"):                      # nothing lost: every film, uncropped

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from support import artifacts, paths, profiles, sweep, training
+from support.data import data_config
 
 TINY_GRID = sweep.TINY_GRID  # the smoke profile's CPU-sized model, 2 epochs, cce/focal x seeds 0/1
 CONTRACT_FILES = ("config.json", "metrics.json", "log.csv", "predictions.npz", "best.pt")
@@ -41,7 +42,7 @@ def test_a_profile_alone_is_its_loss_x_seed_grid():
 def test_grid_over_data_specs_and_files(tmp_path):
     grid = {"profile": "smoke", "grid": {"loss": "cce", "seed": 0, "data": ["phantom", {"name": "phantom", "n": 300}]}}
     a, b = sweep.expand(grid)
-    assert a.data == profiles.data_config("smoke", "phantom") and b.data["n"] == 300
+    assert a.data == data_config("smoke", "phantom") and b.data["n"] == 300
     assert b.data["image_size"] == profiles.get("smoke")["data"]["image_size"]  # merged over the profile's data
     (tmp_path / "g.yaml").write_text("profile: smoke\ngrid:\n  loss: [cce, focal]\n  seed: 0\n")
     (tmp_path / "g.json").write_text(json.dumps({"profile": "smoke", "grid": {"loss": ["cce", "focal"], "seed": 0}}))

@@ -12,27 +12,28 @@ local-folder sources a fingerprint of the input files (paths, sizes, mtimes).
 It does not hash the package's other code: after changing a generator, bump
 its version or pass ``force=True``.
 
-``lung_crop`` (any source): each film cropped to its lung box (the multi-loss
-study's segmentation stage, :mod:`support.segmentation`, imported only when
-asked for). The option is part of :func:`resolve_params`' output, hence of
-every cache and run key; a cropped bundle has its own cache file.
+``lung_crop`` (any source): each film cropped to its lung box (:mod:`support.data.lungcrop`).
+Loading only *reads* lung masks: the U-Net masks are written beforehand by
+``support.segmentation.make_lung_masks`` (notebook 02). The option is part of
+:func:`resolve_params`' output, hence of every cache and run key; a cropped
+bundle has its own cache file. :func:`data_config` turns a profile and a
+``--data`` spec into ``load`` arguments.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
-import pandas as pd
-import torch
 
-from .. import artifacts, logs, paths
+from .. import artifacts, logs, paths, profiles
 from ..registry import Registry
-from .containers import SPLITS, DataBundle, Split
+from .cache import read_bundle, write_bundle
+from .containers import DataBundle
+from .lungcrop import crop_from_masks, lung_crop_spec
 
 log = logs.get("data")
 
@@ -138,14 +139,12 @@ def resolve_params(name: str, params: dict) -> Tuple[Callable, dict]:
     """Return the builder and the full parameter dict (defaults filled in).
 
     A ``lung_crop`` other than False/None is kept, in the canonical form of
-    :func:`support.segmentation.crop.lung_crop_spec`; False/None is dropped
+    :func:`support.data.lungcrop.lung_crop_spec`; False/None is dropped
     (so uncropped keys are the same as before the option existed).
     """
     params = dict(params)
     lung_crop = params.pop("lung_crop", False)
     if lung_crop is not False and lung_crop is not None:
-        from ..segmentation.crop import lung_crop_spec  # lazy: model code only when a crop is asked for
-
         build, resolved = resolve_params(name, params)
         return build, {**resolved, "lung_crop": lung_crop_spec(lung_crop)}
     _import_sources()
@@ -170,7 +169,34 @@ def resolve_params(name: str, params: dict) -> Tuple[Callable, dict]:
     return build, resolved
 
 
+def data_config(profile: str, spec: str = "phantom", section: str = "data") -> dict:
+    """``load`` arguments for a profile (:mod:`support.profiles`) and a ``--data`` spec.
+
+    ``section="data"`` (the classifiers' data): the profile's data settings apply when the spec
+    names the profile's source; for another source only the settings it accepts (e.g.
+    ``image_size``) carry over, plus the spec's path as ``root``/``path``.
+    ``section="segmentation"`` (the lung U-Nets' masks): ``""`` is the profile's phantom draw;
+    any other spec is taken as it is (the phantom's settings do not carry to a mask folder).
+    """
+    if section not in ("data", "segmentation"):
+        raise ValueError(f"data_config section={section!r}: use 'data' or 'segmentation'")
+    base = profiles.get(profile)[section] if section == "data" else profiles.segmentation(profile)["data"]
+    if section == "segmentation":
+        if not spec:
+            return base
+        name, params = parse_data_spec(spec)
+        return {"name": name, **params}
+    name, params = parse_data_spec(spec)
+    if name == base["name"]:
+        return {**base, **params}
+    _import_sources()
+    accepted = inspect.signature(SOURCES.get(name)).parameters
+    config = {"name": name, **{k: v for k, v in base.items() if k != "name" and k in accepted}}
+    return {**config, **params}
+
+
 def cache_path(name: str, resolved: dict) -> Path:
+    """The cache file of source ``name`` with parameters ``resolved`` (as :func:`resolve_params` returns)."""
     info = _SOURCE_INFO[name]
     fp = info["fingerprint"](**resolved) if info["fingerprint"] else None
     key = artifacts.config_key({"source": name, "version": info["version"], "params": resolved, "files": fp})
@@ -186,20 +212,23 @@ def load(name: str = "phantom", *, cache: bool = True, force: bool = False, verb
     ones; unknown or mistyped parameters raise ``TypeError``.
 
     ``lung_crop=True`` crops every film to the bounding box (+5 %) of the AND
-    of the top-3 lung U-Nets (trained on first use), ``"true_masks"`` to the
-    source's own lung masks, a dict sets the options (see
-    :func:`support.segmentation.crop.lung_crop_spec`). Cached; images whose
-    mask is empty or implausible keep the whole frame, with a warning.
+    of the top-3 lung U-Nets, read from the mask file that
+    ``support.segmentation.make_lung_masks`` wrote (missing: a ``MissingLungMasksError``
+    naming that call); ``"true_masks"`` crops to the source's own lung masks;
+    a dict sets the options (see :func:`support.data.lungcrop.lung_crop_spec`).
+    Cached; images whose mask is empty or implausible keep the whole frame, with a warning.
     """
     if lung_crop is not False and lung_crop is not None:
-        from ..segmentation.crop import lung_crop_source  # lazy: keeps plain loading light
-
-        return lung_crop_source(name, lung_crop, cache=cache, force=force, verbose=verbose, **params)
+        _, resolved = resolve_params(name, {**params, "lung_crop": lung_crop})
+        spec = resolved.pop("lung_crop")
+        return crop_from_masks(name, resolved, spec, cache_path(name, resolved).name,
+                               lambda: load(name, cache=cache, force=force, verbose=verbose, **params),
+                               cache=cache, force=force, verbose=verbose)
     build, resolved = resolve_params(name, params)
     path = cache_path(name, resolved) if cache else None
     if path is not None and path.exists() and not force:
         try:
-            return _read_cache(path, name, resolved)
+            return read_bundle(path, name, resolved)
         except artifacts.ArtifactError as exc:
             if verbose:
                 log.warning(f"cache {path} unreadable ({exc}); rebuilding it")
@@ -208,54 +237,7 @@ def load(name: str = "phantom", *, cache: bool = True, force: bool = False, verb
         bundle = build(**resolved)
     bundle.name, bundle.params = name, resolved
     if path is not None:
-        _write_cache(path, bundle)
+        write_bundle(path, bundle)
     if verbose:
         log.info(f"built {bundle!r} in {time.perf_counter() - start:.1f}s")
     return bundle
-
-
-# ----------------------------------------------------------------------------- cache format
-def _pack_mask(mask: torch.Tensor) -> np.ndarray:
-    return np.packbits(mask.numpy().astype(bool), axis=-1)
-
-
-def _unpack_mask(packed: np.ndarray, width: int) -> torch.Tensor:
-    return torch.from_numpy(np.unpackbits(packed, axis=-1, count=width).astype(bool))
-
-
-def _write_cache(path: Path, bundle: DataBundle) -> None:
-    arrays = {
-        "classes": np.array(bundle.classes),
-        "header": np.array(json.dumps({"source": bundle.source, "name": bundle.name,
-                                       "params": artifacts._jsonable(bundle.params)})),
-    }
-    for s in SPLITS:
-        split = bundle.splits[s]
-        arrays[f"{s}_images"] = split.images.numpy()
-        arrays[f"{s}_labels"] = split.labels.numpy()
-        arrays[f"{s}_ids"] = np.array(split.ids, dtype=str)
-        for mask in ("lung_masks", "lesion_masks"):
-            if getattr(split, mask) is not None:
-                arrays[f"{s}_{mask}"] = _pack_mask(getattr(split, mask))
-        if split.meta is not None:
-            arrays[f"{s}_meta"] = np.array(split.meta.to_json(orient="split"))
-    artifacts.write_npz(path, **arrays)
-
-
-def _read_cache(path: Path, name: str, resolved: dict) -> DataBundle:
-    z = artifacts.read_npz(path)
-    header = json.loads(str(z["header"]))
-    splits = {}
-    for s in SPLITS:
-        images = torch.from_numpy(z[f"{s}_images"])
-        width = images.shape[-1]
-        masks = {m: _unpack_mask(z[f"{s}_{m}"], width) if f"{s}_{m}" in z else None
-                 for m in ("lung_masks", "lesion_masks")}
-        meta = None
-        if f"{s}_meta" in z:
-            from io import StringIO
-            meta = pd.read_json(StringIO(str(z[f"{s}_meta"])), orient="split")
-        splits[s] = Split(images=images, labels=torch.from_numpy(z[f"{s}_labels"]).long(),
-                          ids=z[f"{s}_ids"].tolist(), meta=meta, **masks)
-    return DataBundle(classes=tuple(z["classes"].tolist()), splits=splits, source=header["source"],
-                      name=name, params=resolved)

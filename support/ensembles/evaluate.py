@@ -183,10 +183,9 @@ def metrics_table(results: Sequence[EnsembleResult], metrics: Sequence[str] = TA
         probs = _stack(group)
         for m in metrics:
             ci = inference.model_intervals(y, {name: probs}, m, idx=idx, level=level).iloc[0]
-            values = np.array([metrics_mod.METRICS.get(m)(y, p) for p in probs])
+            value, sd = inference.seed_summary([metrics_mod.METRICS.get(m)(y, p) for p in probs])
             rows.append({"ensemble": name, "kind": group[0].kind, "fit_on": group[0].fit_on,
-                         "leaky": group[0].leaky, "n_seeds": len(group), "metric": m, "value": float(np.mean(values)),
-                         "sd": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan,
+                         "leaky": group[0].leaky, "n_seeds": len(group), "metric": m, "value": value, "sd": sd,
                          "seeds_images_lo": float(ci["lo"]), "seeds_images_hi": float(ci["hi"])})
     return pd.DataFrame(rows)
 

@@ -60,16 +60,8 @@ def resolve_member(ref: Union[str, Path]) -> Path:
 
 
 def load_member(run_dir: Union[str, Path]) -> models.Classifier:
-    """Rebuild a finished run's Classifier from its ``config.json`` and load ``best.pt``."""
-    run_dir = Path(run_dir)
-    info = artifacts.read_json(run_dir / "config.json")
-    cfg = info.get("config") or {}
-    if "arch" not in cfg or "classes" not in info:
-        raise artifacts.ArtifactError(f"{run_dir / 'config.json'} lacks the config/classes of a lossbench run")
-    net = models.build(cfg["arch"], len(info["classes"]), in_chans=1, head=cfg.get("head", "paper"),
-                       dcl_channels=cfg.get("dcl_channels", 512), **(cfg.get("arch_params") or {}))
-    net.load_state_dict(artifacts.load_state(run_dir / "best.pt"))
-    return net
+    """``Run(run_dir).model()``; kept for support.nodules.study (owned elsewhere) until it calls that."""
+    return Run(Path(run_dir)).model()
 
 
 class MemberTrunk(models.Trunk):
@@ -108,7 +100,7 @@ def build_trunk(in_chans: int = 1, members: Sequence[str] = ()) -> MemberTrunk:
     if isinstance(members, (str, Path)) or len(members) < 2:
         raise EnsembleError(f"model_level needs a list of >= 2 member runs in arch_params['members'], got {members!r}")
     runs = _check_sizes(check_members([resolve_member(m) for m in members]))
-    return MemberTrunk([load_member(r.path) for r in runs])
+    return MemberTrunk([r.model() for r in runs])
 
 
 def _check_sizes(runs: List[Run]) -> List[Run]:

@@ -29,17 +29,18 @@ from .cams import (CAM_METHODS, CamExtractor, LocalizationError, compute_cams, e
 from .metrics import (FIXED_THRESHOLDS, LOC_METRICS, THRESHOLD_GRID, area_fraction, best_threshold, dice,
                       energy_inside, image_metrics, iou, pointing_game, road_scores)
 from .evaluate import (Entry, LocalizationResult, chance_level, conclusions, display_table, ensemble_entries, evaluate,
-                       lesion_index, load_model, numeric_table, run_cams, shown_metrics, single_entries, skipped_note,
+                       lesion_index, numeric_table, run_cams, shown_metrics, single_entries, skipped_note,
                        summary)
 from .boxes import box_masks, read_boxes, with_box_masks
 from . import figures, shortcut
+from .study import evaluate_section, shortcut_section
 
 __all__ = [
     "CAM_METHODS", "CamExtractor", "LocalizationError", "compute_cams", "ensemble_cam", "get_method", "names",
     "resize_cams", "target_layer", "FIXED_THRESHOLDS", "LOC_METRICS", "THRESHOLD_GRID", "area_fraction",
     "best_threshold", "dice", "energy_inside", "image_metrics", "iou", "pointing_game", "road_scores", "Entry",
     "LocalizationResult", "chance_level", "conclusions", "display_table", "ensemble_entries", "evaluate",
-    "lesion_index", "load_model", "numeric_table", "run_cams", "shown_metrics", "single_entries", "skipped_note",
-    "summary", "box_masks",
+    "lesion_index", "numeric_table", "run_cams", "shown_metrics", "single_entries", "skipped_note",
+    "summary", "box_masks", "evaluate_section", "shortcut_section",
     "read_boxes", "with_box_masks", "figures", "shortcut",
 ]

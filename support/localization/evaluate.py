@@ -34,8 +34,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import artifacts, paths, stats
+from .. import artifacts, ensembles, inference, paths, stats  # ensembles: registers model_level, so run.model() loads those runs
 from ..runs import Run
+from ..tables import interval_cells
 from . import metrics as M
 from .cams import CamExtractor, LocalizationError, ensemble_cam, get_method, resize_cams
 
@@ -86,13 +87,6 @@ def class_interleaved(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.array(order[:n], dtype=np.int64)
 
 
-def load_model(run: Run, device="cpu") -> torch.nn.Module:
-    """Rebuild a finished run's model from ``config.json`` + ``best.pt`` (model-level runs included), eval mode."""
-    from ..ensembles.model_level import load_member
-
-    return load_member(run.path).to(device).eval()
-
-
 def input_size(run: Run) -> int:
     return int(run.config["config"]["image_size"])
 
@@ -112,7 +106,7 @@ def run_cams(run: Run, images_u8: torch.Tensor, ids: Sequence[str], targets, met
     out, todo = {}, []
     for m in methods:
         get_method(m)
-        path = paths.inside(paths.runs_dir(), "localization", "cams", artifacts.config_key({**base, "method": m}) + ".npz")
+        path = paths.inside(paths.cam_cache_dir(), artifacts.config_key({**base, "method": m}) + ".npz")
         if path.exists() and not force:
             try:
                 out[m] = artifacts.read_npz(path)["cams"].astype(np.float32)
@@ -121,7 +115,7 @@ def run_cams(run: Run, images_u8: torch.Tensor, ids: Sequence[str], targets, met
                 pass  # unreadable cache file: recompute and overwrite it
         todo.append((m, path))
     if todo:
-        model = load_model(run, device)
+        model = run.model(device)
         x = to_device_images(images_u8, input_size(run), torch.device(device))
         for m, path in todo:
             with CamExtractor(model, m, layer) as cam:
@@ -147,8 +141,6 @@ def ensemble_entries(runs: Sequence[Run], k: int = 3, methods: Sequence[str] = (
     (cached when notebook 06 trained it with the same ``train_overrides``: the profile's
     ``ensembles.model_level`` settings).
     """
-    from .. import ensembles
-
     out = []
     for seed, rs in ensembles.group_by_seed(runs).items():
         kk = min(k, len(rs))
@@ -243,7 +235,7 @@ def evaluate(entries: Sequence[Entry], bundle, methods: Sequence[str] = ("gradca
             if m == road_method and road_images and e.kind != "ensemble" and e.seed == road_seed:
                 r = min(road_images, n)
                 run = e.runs[0]
-                model = load_model(run, device)
+                model = run.model(device)
                 from ..training import to_device_images
 
                 s = input_size(run)
@@ -287,7 +279,7 @@ def summary(per_image: pd.DataFrame, metrics: Optional[Sequence[str]] = None, n_
             n = int(np.isfinite(V[:, j]).sum())
             if not n:
                 continue
-            sd = seeds[m].std(ddof=1) if seeds[m].notna().sum() > 1 else np.nan
+            sd = inference.seed_summary(seeds[m])[1]
             rows.append(dict(zip(keys, key), metric=m, value=float(np.nanmean(V[:, j])), sd=float(sd),
                              boot_lo=float(lo[j]), boot_hi=float(hi[j]), n_images=n, n_seeds=int(seeds[m].notna().sum())))
     return pd.DataFrame(rows, columns=columns)
@@ -299,8 +291,7 @@ def display_table(long: pd.DataFrame, method: str = "gradcam", metrics: Sequence
     t = long[(long["method"] == method) & long["metric"].isin(metrics)]
     if t.empty:
         raise LocalizationError(f"no rows for CAM method {method!r}; methods present: {sorted(long['method'].unique())}")
-    f = f"{{:.{digits}f}}".format
-    t = t.assign(cell=t["value"].map(f) + " [" + t["boot_lo"].map(f) + ", " + t["boot_hi"].map(f) + "]")
+    t = t.assign(cell=interval_cells(t["value"], t["boot_lo"], t["boot_hi"], digits))
     wide = t.pivot_table(index=["entry", "kind"], columns="metric", values="cell", aggfunc="first")
     first = next(m for m in metrics if m in set(t["metric"]))  # pointing game; ROAD on films without lesion masks
     order = t[t["metric"] == first].sort_values("value", ascending=False)["entry"]

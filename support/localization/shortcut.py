@@ -65,7 +65,7 @@ def configs(profile: str, data: dict, losses: Sequence[str], marker_bias: float,
 
 def shortcut_dir():
     """Folder of the marker-biased run folders: ``runs/shortcut/``."""
-    return paths.runs_dir() / "shortcut"
+    return paths.shortcut_runs_dir()
 
 
 def marker_masks(split, agree_only: bool = False) -> np.ndarray:

@@ -221,8 +221,9 @@ def _nodule_cnn(in_chans: int) -> Trunk:
 # ----------------------------------------------------------------------------- public API
 def get_arch(arch: str):
     """The trunk factory of ``arch`` (ValueError listing the valid names if unknown)."""
-    if arch == "model_level" and arch not in ARCHS:  # registered by support.ensembles (lazy: heavy import)
-        import support.ensembles.model_level  # noqa: F401
+    if arch == "model_level" and arch not in ARCHS:
+        raise ValueError("architecture 'model_level' is registered by support.ensembles (a model-level ensemble "
+                         "of run folders): import support.ensembles before building or loading one")
     return ARCHS.get(arch)
 
 

@@ -12,21 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .. import profiles
+from ..data import load
+from ..training import TrainConfig, is_finished, run_dir_for, train_one
+from .crop import make_lung_masks
+
 
 def train_cropped(profile: str, data: dict, loss: str = "cce", seeds: Optional[Sequence[int]] = None,
                   lung_crop=None, runs_dir=None, force: bool = False, progress: bool = True) -> List[Path]:
     """Run folders of ``loss`` trained on the lung crop of ``data`` (a ``support.data.load`` dict).
 
     ``seeds``: the profile's by default. ``lung_crop``: by default the AND of the U-Nets of the
-    segmentation profile of the same name (what notebook 02 trained and cached). ``force``
-    retrains the classifiers only (not the U-Nets, not the crop cache).
+    segmentation profile of the same name (what notebook 02 trained; its masks are made here when
+    missing, :func:`make_lung_masks`). ``force`` retrains the classifiers only (not the U-Nets,
+    not the masks, not the crop cache).
     """
-    from .. import profiles
-    from ..data import load
-    from ..training import TrainConfig, is_finished, run_dir_for, train_one
-
     lung_crop = {"seg_profile": profile} if lung_crop is None else lung_crop
     cropped = {**data, "lung_crop": lung_crop}
+    source = dict(data)
+    make_lung_masks(source.pop("name"), lung_crop, runs_dir=runs_dir, verbose=progress, **source)
     seeds = profiles.get(profile)["seeds"] if seeds is None else seeds
     configs = [TrainConfig.from_profile(profile, loss=loss, seed=int(s), data=cropped) for s in seeds]
     todo = [c for c in configs if force or not is_finished(run_dir_for(c, runs_dir))]

@@ -1,4 +1,4 @@
-"""Segmentation profiles, the run configuration :class:`SegConfig` and the U-Net builder.
+"""The segmentation section of a profile, the run configuration :class:`SegConfig` and the U-Net builder.
 
 The paper's protocol (Rajaraman et al. 2021, notes 1.2 of ../shared/papers/multiloss_ensemble.md):
 U-Net with an EfficientNet-B0 encoder, Adam lr 1e-4, batch 2, <= 64 epochs, early stopping on
@@ -9,7 +9,6 @@ best checkpoint by val loss, small affine augmentation, 512x512 input. ``full`` 
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Tuple
@@ -17,61 +16,24 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .. import artifacts, losses
+from .. import artifacts, losses, profiles
+from ..data.core import data_config as shared_data_config, resolve_params
+from ..profiles import SEG_LOSSES  # noqa: F401  (re-exported: support.segmentation.SEG_LOSSES)
 
-#: The paper's five U-Net losses, in its order (Fig. 1: BCE, weighted BCE-Dice, focal, Tversky, focal Tversky).
-SEG_LOSSES = ("seg_bce", "seg_bce_dice", "seg_focal", "seg_tversky", "seg_focal_tversky")
 #: Fields that choose how a run executes, not what it computes: not in the run key.
 EXECUTION_FIELDS = ("device", "amp")
 #: Run folders are ``runs/seg-<key>/``; the prefix keeps them apart from classification runs.
 RUN_PREFIX = "seg-"
 
-# The U-Net trains on a *different* phantom draw (seed 1) from the classification data (seed 0), so
-# that the lung masks later predicted on the classifier's films come from a model that never saw them.
-SEG_PROFILES = {
-    "smoke": {  # seconds: a 3-stage ResNet-18 U-Net at 32², 4 epochs (steadier than MobileNetV2 in so few steps)
-        "data": {"name": "phantom", "seed": 1, "n": 120, "image_size": 64},
-        "train": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": (32, 16, 8),
-                  "image_size": 32, "batch_size": 16, "lr": 3e-3, "max_epochs": 4, "patience": 4,
-                  "augment": False},
-        "bootstrap": 200,
-    },
-    # ~45 CPU seconds for all five losses (one thread): a 3-stage MobileNetV2 U-Net at 48², 6 epochs
-    # (Dice 0.96-0.98 on the phantom; a 3-stage ResNet-18 costs 1.5x, EfficientNet-B0 cut to 3 stages
-    # does not train in so few steps: its BatchNorm running statistics, momentum 0.01, lag behind)
-    "quick": {
-        "data": {"name": "phantom", "seed": 1, "n": 360, "image_size": 128},
-        "train": {"encoder": "mobilenet_v2", "encoder_depth": 3, "decoder_channels": (32, 16, 8),
-                  "image_size": 48, "batch_size": 16, "lr": 2e-3, "max_epochs": 6, "patience": 3,
-                  "augment": False},
-        "bootstrap": 1000,
-    },
-    "full": {  # the paper's protocol (meant for a GPU); ~560 train / 60 val / 75 test phantom films
-        "data": {"name": "phantom", "seed": 1, "n": 700, "image_size": 512},
-        "train": {"encoder": "efficientnet-b0", "encoder_depth": 5, "decoder_channels": (256, 128, 64, 32, 16),
-                  "image_size": 512, "batch_size": 2, "lr": 1e-4, "max_epochs": 64, "patience": 10,
-                  "augment": True},
-        "bootstrap": 1000,
-    },
-}
-
 
 def profile(name: str) -> dict:
-    """A deep copy of segmentation profile ``name``."""
-    if name not in SEG_PROFILES:
-        raise ValueError(f"unknown segmentation profile {name!r}; valid profiles: {', '.join(SEG_PROFILES)}")
-    return copy.deepcopy(SEG_PROFILES[name])
+    """A deep copy of the ``segmentation`` section of profile ``name`` (:mod:`support.profiles`)."""
+    return profiles.segmentation(name)
 
 
 def data_config(profile_name: str, spec: str = "") -> dict:
-    """The U-Net's training data: the profile's phantom for ``""``, else a ``--data``-style spec
-    such as ``"lungmasks:/data/Montgomery"`` (parsed by :func:`support.data.parse_data_spec`)."""
-    if not spec:
-        return profile(profile_name)["data"]
-    from ..data import parse_data_spec
-
-    name, params = parse_data_spec(spec)
-    return {"name": name, **params}
+    """:func:`support.data.data_config` of the segmentation section (kept under this name for notebook 05)."""
+    return shared_data_config(profile_name, spec, section="segmentation")
 
 
 @dataclass
@@ -136,8 +98,6 @@ class SegConfig:
 
     def experiment(self) -> dict:
         """The fields that define the result (the run key's input), data parameters resolved."""
-        from ..data.core import resolve_params
-
         d = dataclasses.asdict(self)
         for f in EXECUTION_FIELDS:
             d.pop(f)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .. import artifacts, paths
+from ..tables import interval_cells
 from .config import RUN_PREFIX, SegConfig, SegNet, build_model
 from .metrics import METRICS, bootstrap_summary, per_image_metrics, unpack_masks
 
@@ -168,8 +169,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out = table[["model", "kind"]].copy()
     out["val dice"] = table["val_dice"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     for m in METRICS:
-        out[m.replace("_", " ")] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-                                    for v, lo, hi in zip(table[m], table[f"{m}_lo"], table[f"{m}_hi"])]
+        out[m.replace("_", " ")] = interval_cells(table[m], table[f"{m}_lo"], table[f"{m}_hi"])
     return out
 
 

@@ -37,7 +37,7 @@ class CamSet:
 def run_cams(runs: Sequence[Run], index: int, split: str = "test", labels: Optional[Sequence[str]] = None) -> CamSet:
     """Grad-CAM (target: each model's predicted class) of image ``index`` of ``split`` for every run."""
     from .. import data, localization
-    from ..localization.evaluate import input_size, load_model
+    from ..localization.evaluate import input_size  # imports support.ensembles: model-level runs load too
     from ..training import prepare_batch, to_device_images
 
     if not runs:
@@ -58,7 +58,7 @@ def run_cams(runs: Sequence[Run], index: int, split: str = "test", labels: Optio
                  lesion_mask=mask)
     size = image.shape[-1]
     for label, run in zip(labels or [r.label for r in runs], runs):
-        model = load_model(run)  # CPU, eval mode; model-level ensemble runs too
+        model = run.model()  # CPU, eval mode; model-level ensemble runs too
         small = to_device_images(image, input_size(run), torch.device("cpu"))
         with torch.no_grad():
             probs = torch.softmax(model(prepare_batch(small, channels_last=False)), 1)[0]
