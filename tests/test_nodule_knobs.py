@@ -7,7 +7,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from support import data
+from support import data, profiles
 from support.data import nodules as nd
 from support.nodules import comparison, regime, writeup
 
@@ -132,6 +132,18 @@ def test_cell_overrides_put_the_study_at_the_cell():
                                  seeds=(0, 1))
     assert over["train_preset"] == "train_redundant" and over["seeds"] == (0, 1)
     assert over["data"]["spec"] == {"nuisance": {"noise_sd": [0.05, 0.05]}, "difficulty": {"margin_strength": 0.6}}
+
+
+def test_the_map_never_scores_on_the_study_test_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSBENCH_DATA_DIR", str(tmp_path))
+    cfg = {"image_size": 48, "n_train": 4, "n_val": 4, "n_test": 6, "seed": 0}
+    on_map, on_test = regime.map_split(cfg, 0.8), regime.test_split(cfg, 0.8)
+    assert len(on_map.labels) == len(on_test.labels) == 6
+    assert not set(on_map.ids) & set(on_test.ids)
+    assert not any(np.array_equal(a, b) for a in on_map.images.numpy() for b in on_test.images.numpy())
+    for name in ("quick", "full"):  # the map's CE runs are not the study's cce runs
+        section = profiles.get(name)["nodules"]
+        assert not set(section["regime"]["seeds"]) & set(section["seeds"])
 
 
 # ----------------------------------------------------------------------------- tables and text

@@ -2,7 +2,8 @@
 
 A grid of margin strength (how visible the label's cue is, :data:`support.data.nodules.BASE_SPEC`'s
 ``difficulty``) x training ρ (how often size agrees with the label). At each cell CE is trained and
-scored on ``test_conflict`` of the same difficulty (size contradicts the label: accuracy 1 = margin
+scored on a ``test_conflict`` draw of the same difficulty (its validation split, :func:`map_split`: the
+cell is chosen without the study's test images; the map's seeds are kept apart from the study's too) (size contradicts the label: accuracy 1 = margin
 only, 0 = size only). Beside each margin strength, the **learnability control**: CE trained at ρ 0.5
 on the same difficulty, scored on the same ``test_conflict`` images. A cell is a study regime when CE
 splits its bets (conflict accuracy in [0.3, 0.7]) although margin alone is learnable (control >= 0.9):
@@ -57,6 +58,15 @@ def test_split(data: dict, margin_strength: float, preset: str = "test_conflict"
                      spec=cell_spec(data.get("spec"), margin_strength), verbose=False, **d).splits["test"]
 
 
+def map_split(data: dict, margin_strength: float, preset: str = "test_conflict"):
+    """The images the map scores a cell on: ``preset``'s *validation* draw at a margin strength (as many
+    images as the profile's test split). The generator keys every image by its split, so these are never
+    the study's test images: choosing the cell does not select on the images the losses are compared on."""
+    d = {k: v for k, v in data.items() if k not in ("spec", "n_train", "n_val", "n_test")}
+    return load_data(name="nodules", preset=preset, n_train=0, n_val=data["n_test"], n_test=0,
+                     spec=cell_spec(data.get("spec"), margin_strength), verbose=False, **d).splits["val"]
+
+
 def cell_overrides(settings: dict, margin_strength: float, rho: float, seeds: Sequence[int] = ()) -> dict:
     """:class:`~support.nodules.Study` overrides that put the study at a cell (and on ``seeds`` if given)."""
     out = {"data": {**settings["data"], "spec": cell_spec(settings["data"].get("spec"), margin_strength)},
@@ -102,7 +112,7 @@ def regime_map(settings: dict, runs_dir=None, force: bool = False, progress: boo
 
     acc = {}
     for s in settings["regime"]["margin_strengths"]:
-        split = test_split(settings["data"], s)
+        split = map_split(settings["data"], s)
         images = training.to_device_images(split.images, settings["train"]["image_size"], "cpu")
         y = split.labels.numpy()
         for (cs, rho, seed), run in zip(configs, dirs):
