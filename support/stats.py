@@ -30,7 +30,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from .metrics import METRICS, check_inputs
+from .metrics import METRICS, check_inputs, mcc_from_confusion  # noqa: F401  (stats.mcc_from_confusion)
 
 
 # ---- intervals -------------------------------------------------------------------
@@ -74,18 +74,6 @@ def batched_confusion(y, pred, idx: np.ndarray, k: int) -> np.ndarray:
     """``int[B, K, K]`` confusion matrices (rows = truth) of the resamples ``idx[B, N]``."""
     code = (np.arange(len(idx))[:, None] * k * k + y[idx] * k + pred[idx]).ravel()
     return np.bincount(code, minlength=len(idx) * k * k).reshape(len(idx), k, k)
-
-
-def mcc_from_confusion(cm) -> np.ndarray:
-    """Multi-class MCC of ``cm[..., K, K]`` with scikit-learn's formula (0 when undefined)."""
-    cm = np.asarray(cm, dtype=np.float64)
-    t, p = cm.sum(-1), cm.sum(-2)  # true and predicted counts per class
-    n, correct = cm.sum((-2, -1)), np.trace(cm, axis1=-2, axis2=-1)
-    cov_tp = correct * n - (t * p).sum(-1)
-    cov_pp, cov_tt = n**2 - (p * p).sum(-1), n**2 - (t * t).sum(-1)
-    denom = np.sqrt(cov_tt * cov_pp)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, cov_tp / np.where(denom > 0, denom, 1), 0.0)
 
 
 def _kappa_cm(cm):
