@@ -26,8 +26,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import pandas as pd  # noqa: E402
 
-from support import paths, profiles, regimes, training  # noqa: E402
-from support.data import load  # noqa: E402
+from support import paths, regimes, training  # noqa: E402
+from support.data import data_config, load  # noqa: E402
 
 
 def _cpu() -> float:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             clock(name, lambda: training.train_many(regimes.configs(args.profile, args.data, regime, spec["losses"],
                                                                     seeds), runs_dir=paths.runs_dir(), progress=False))
         if regimes.REGIMES[regime].test:
-            clock(f"{regime} test draw", lambda: load(**{**profiles.data_config(args.profile, args.data),
+            clock(f"{regime} test draw", lambda: load(**{**data_config(args.profile, args.data),
                                                          **regimes.REGIMES[regime].test}, verbose=False))
     s = clock("score every regime", lambda: regimes.study(args.profile, args.data))
     table, tests, changes = clock("tables", lambda: (regimes.regime_table(s), regimes.tests_vs_reference(s),

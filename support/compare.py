@@ -23,7 +23,7 @@ import pandas as pd
 from . import inference, stats
 from .metrics import METRICS
 from .runs import Run
-from .tables import interval_cells, mean_sd_cells, save_table  # noqa: F401  (save_table: notebooks 05, 08)
+from .tables import mean_sd_cells
 
 #: Columns of the main table, in order (all are test-set metrics).
 TABLE_METRICS = ("mcc", "accuracy", "f1", "kappa", "auroc_macro", "auprc_macro", "ece", "brier")

@@ -139,10 +139,23 @@ def _worst_class_recall(y, p):
     return float(recalls.min())
 
 
+def mcc_from_confusion(cm) -> np.ndarray:
+    """Multi-class MCC of ``cm[..., K, K]`` with scikit-learn's formula (0 when undefined)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    t, p = cm.sum(-1), cm.sum(-2)  # true and predicted counts per class
+    n, correct = cm.sum((-2, -1)), np.trace(cm, axis1=-2, axis2=-1)
+    cov_tp = correct * n - (t * p).sum(-1)
+    cov_pp, cov_tt = n**2 - (p * p).sum(-1), n**2 - (t * t).sum(-1)
+    denom = np.sqrt(cov_tt * cov_pp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, cov_tp / np.where(denom > 0, denom, 1), 0.0)
+
+
 @_metric("mcc")
 def _mcc(y, p):
-    """Multi-class Matthews correlation coefficient (Gorodkin's R_K), the paper's headline."""
-    return skm.matthews_corrcoef(y, p.argmax(1))
+    """Multi-class Matthews correlation coefficient (Gorodkin's R_K), the paper's headline: one implementation,
+    :func:`mcc_from_confusion` (vectorised over the bootstrap's confusion matrices in :mod:`support.stats`)."""
+    return float(mcc_from_confusion(confusion(y, p.argmax(1), p.shape[1])))
 
 
 @_metric("kappa")

@@ -89,6 +89,11 @@ def shortcut_runs_dir() -> Path:
     return runs_dir() / "shortcut"
 
 
+def nodules_dir(root: Path | None = None) -> Path:
+    """Folder of the nodule study's cached measurements (``runs/nodules``) under ``root`` (default :func:`runs_dir`)."""
+    return Path(root or runs_dir()) / "nodules"
+
+
 def inside(root: Path, *parts: str | os.PathLike) -> Path:
     """Join ``parts`` under ``root`` and refuse any result that escapes it.
 

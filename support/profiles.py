@@ -243,10 +243,3 @@ def segmentation(name: str) -> dict:
     if name not in PROFILES:
         raise ValueError(f"unknown segmentation profile {name!r}; valid profiles: {', '.join(PROFILES)}")
     return copy.deepcopy(PROFILES[name]["segmentation"])
-
-
-def data_config(profile: str, spec: str = "phantom") -> dict:
-    """:func:`support.data.data_config` (the one implementation), kept under this name for notebooks 05 and 09."""
-    from .data import data_config as implementation  # cycle allowed (tests/test_imports.py): profiles is a leaf table
-
-    return implementation(profile, spec)

@@ -134,8 +134,6 @@ def _cache_path(run: Run, test: dict):
 def _rescored(rs: Sequence[Run], test: dict, bundle) -> Dict[str, np.ndarray]:
     """``{run key: probs[N, K]}``: each run's predictions on the test split of ``bundle``, cached per run and
     test data; the runs not cached yet are predicted together (one fused module, ``training.predict_many``)."""
-    from .ensembles.model_level import load_member
-
     out = {r.key: artifacts.read_npz(_cache_path(r, test))["probs"] for r in rs if _cache_path(r, test).exists()}
     todo = [r for r in rs if r.key not in out]
     by_size: Dict[int, List[Run]] = {}
@@ -144,7 +142,7 @@ def _rescored(rs: Sequence[Run], test: dict, bundle) -> Dict[str, np.ndarray]:
     ids = np.array(bundle.splits["test"].ids, dtype=str)
     for size, group in by_size.items():
         x = training.to_device_images(bundle.splits["test"].images, size, training.resolve_device("cpu"))
-        nets = [load_member(r.path) for r in tqdm(group, desc="loading runs", leave=False)]
+        nets = [r.model() for r in tqdm(group, desc="loading runs", leave=False)]
         for r, p in zip(group, training.predict_many(nets, x)):
             out[r.key] = p.numpy().astype(np.float32)
             artifacts.write_npz(_cache_path(r, test), probs=out[r.key], ids=ids)
@@ -158,9 +156,9 @@ def regime_probs(profile: str, data: str, regime: str) -> Tuple[np.ndarray, Dict
     if not test:
         y, probs, seeds, _ = compare.seed_stack(rs)
         return y, probs, seeds, rs[0].metrics["data_source"]
-    from .data import load
+    from .data import data_config, load
 
-    bundle = load(**{**profiles.data_config(profile, data), **test}, verbose=False)
+    bundle = load(**{**data_config(profile, data), **test}, verbose=False)
     groups = compare.group_by_loss(rs)
     y = bundle.splits["test"].labels.numpy()
     if not np.array_equal(np.asarray(bundle.splits["test"].ids), next(iter(groups.values()))[0].ids("test")):

@@ -311,7 +311,7 @@ def test_model_level_ensemble_is_a_run_that_beats_chance_with_frozen_members(tra
     hook = net.trunk.register_forward_hook(lambda mod, inputs, out: seen.append((inputs[0], out)))
     net.eval()(x)
     hook.remove()
-    solo = ensembles.model_level.load_member(first.path).eval()  # standardises x with its own train stats
+    solo = first.model()  # standardises x with its own train stats
     assert torch.equal(seen[0][0], x) and torch.allclose(seen[0][1][:, :512], solo.feature_map(x), atol=1e-5)
     net.train()
     assert net.training and not any(m.training for m in net.trunk.body.modules())

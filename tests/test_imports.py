@@ -10,9 +10,6 @@ SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
 #: Edges allowed to close a cycle, each with why. Nothing else may.
 ALLOWED = {
-    # profiles.data_config forwards to support.data.data_config for notebooks 05 and 09 (edited by other
-    # engineers at the time of issue 18); remove the alias, and this entry, once they call support.data.
-    ("support.profiles", "support.data"): "alias for notebooks 05 and 09",
     # sweep_ray is the optional Ray backend: sweep imports it only for backend="ray".
     ("support.sweep", "support.sweep_ray"): "optional backend, imported on demand",
 }

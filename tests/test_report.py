@@ -107,9 +107,9 @@ def _regime_table():
             for loss, base in (("cce", 0.8), ("focal", 0.7)) for m, v in (("mcc", base + shift), ("ece", 0.05))]
     raw = pd.DataFrame(rows)
     caption = "Per regime and loss. Data: phantom"
-    compare.save_table(raw, "10_regimes_smoke", caption)
+    tables.save_table(raw, "10_regimes_smoke", caption)
     shown = raw[raw["metric"] == "mcc"][["regime", "loss"]].assign(mcc=["x"] * 6)
-    compare.save_table(shown, "10_regimes_smoke_display", caption)
+    tables.save_table(shown, "10_regimes_smoke_display", caption)
 
 
 def test_the_report_selects_a_regime_and_summarises_it(with_runs):

@@ -59,11 +59,6 @@ def resolve_member(ref: Union[str, Path]) -> Path:
     return path
 
 
-def load_member(run_dir: Union[str, Path]) -> models.Classifier:
-    """``Run(run_dir).model()``; kept for support.nodules.study (owned elsewhere) until it calls that."""
-    return Run(Path(run_dir)).model()
-
-
 class MemberTrunk(models.Trunk):
     """Frozen member Classifiers side by side: ``forward(x)`` = concat of their ``feature_map(x)``.
 

@@ -9,6 +9,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from ..inference import seed_summary
 from ..plots import titled
 from .study import LEARNABILITY, ORACLE, RHO_PRESETS
 
@@ -59,8 +60,10 @@ def rho_figure(table: pd.DataFrame, source: str, train_rho: float = 0.95):
 def reliance_figure(rel: pd.DataFrame, source: str):
     """Share of test_conflict predictions that follow margin (the label) vs size, per loss (mean ± sd)."""
     plt = _plt()
-    g = rel.groupby("loss", sort=False)[["follows_margin", "follows_size"]]
-    mean, sd = g.mean(), g.std(ddof=1).fillna(0)
+    g = rel.groupby("loss", sort=False)
+    cols = ["follows_margin", "follows_size"]
+    mean = pd.DataFrame({c: g[c].agg(lambda v: seed_summary(v)[0]) for c in cols})
+    sd = pd.DataFrame({c: g[c].agg(lambda v: seed_summary(v)[1]) for c in cols}).fillna(0)
     fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(mean) + 1.4))
     y = np.arange(len(mean))
     ax.barh(y, mean["follows_margin"], xerr=sd["follows_margin"], color="tab:green", label="follows margin (label)",
@@ -85,8 +88,8 @@ def heatmap(df: pd.DataFrame, value: str, source: str, title: str, vmin: Optiona
     plt = _plt()
     g = df.groupby(["loss", "factor"], sort=False)[value]
     rows, cols = list(dict.fromkeys(df["loss"])), list(dict.fromkeys(df["factor"]))
-    mean = g.mean().unstack().reindex(index=rows, columns=cols)
-    sd = g.std(ddof=1).unstack().reindex(index=rows, columns=cols)  # NaN with one seed: not shown
+    mean = g.agg(lambda v: seed_summary(v)[0]).unstack().reindex(index=rows, columns=cols)
+    sd = g.agg(lambda v: seed_summary(v)[1]).unstack().reindex(index=rows, columns=cols)  # NaN with one seed: not shown
     fig, ax = plt.subplots(figsize=(1.05 * len(cols) + 2.6, 0.5 * len(mean) + 1.6))
     im = ax.imshow(mean.to_numpy(float), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     lo, hi = im.get_clim()

@@ -73,7 +73,7 @@ def features(model: torch.nn.Module, split, image_size: int) -> np.ndarray:
 
 
 def _cached(kind: str, params: dict, compute, force: bool, runs_dir=None):
-    path = paths.inside(runs_dir or paths.runs_dir(), "nodules", kind, artifacts.config_key(params) + ".json")
+    path = paths.inside(paths.nodules_dir(runs_dir), kind, artifacts.config_key(params) + ".json")
     if path.exists() and not force:
         return artifacts.read_json(path)
     value = compute()

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .. import artifacts, paths, training
+from ..inference import seed_summary
 from ..data import load as load_data
 from ..data.core import source_version
 from ..data import nodules as nd
@@ -124,8 +125,8 @@ def regime_map(settings: dict, runs_dir=None, force: bool = False, progress: boo
         learn = np.mean([v for (cs, rho, _), v in acc.items() if cs == float(s) and rho == LEARNABILITY_RHO])
         for rho in settings["regime"]["rhos"]:
             vals = np.array([v for (cs, r, _), v in acc.items() if cs == float(s) and r == float(rho)])
-            rows.append({"margin_strength": float(s), "rho": float(rho), "conflict_accuracy": float(vals.mean()),
-                         "conflict_sd": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"),
+            mean, sd = seed_summary(vals)
+            rows.append({"margin_strength": float(s), "rho": float(rho), "conflict_accuracy": mean, "conflict_sd": sd,
                          "learnability": float(learn), "n_seeds": len(vals),
                          "n_test": int(settings["data"]["n_test"])})
     artifacts.write_json(path, rows)

@@ -163,9 +163,7 @@ def split_id(split) -> str:
 
 def load_model(run_dir: Path):
     """A finished run's classifier in eval mode (two-stage runs: the linear layer on frozen features)."""
-    from ..ensembles.model_level import load_member
-
-    return load_member(run_dir).eval()
+    return Run(Path(run_dir)).model()
 
 
 def reliance(preds: pd.DataFrame, test_sets: dict, preset: str = "test_conflict") -> pd.DataFrame:

@@ -24,7 +24,7 @@ from ..data.lungmasks import NonBinaryMaskWarning, build_lungmasks
 from .classify import train_cropped
 from ..data.lungcrop import (CROP_DEFAULTS, UNET_DEFAULTS, CropFallbackWarning, MissingLungMasksError, clean_mask,
                              crop_box, crop_bundle, crop_summary, lung_crop_spec)
-from .config import RUN_PREFIX, SEG_LOSSES, SegConfig, SegNet, build_model, data_config, profile
+from .config import RUN_PREFIX, SEG_LOSSES, SegConfig, SegNet, build_model, profile
 from .crop import make_lung_masks, predict_masks
 from .evaluate import (SegRun, and_masks, display_table, evaluation_table, find_seg_runs, per_image_table, top_k)
 from .metrics import METRICS, bootstrap_summary, mean_scores, per_image_metrics
@@ -33,7 +33,7 @@ from .train import SegmentationError, run_dir_for, train_losses, train_seg
 __all__ = [
     "CROP_DEFAULTS", "CropFallbackWarning", "METRICS", "NonBinaryMaskWarning", "RUN_PREFIX", "SEG_LOSSES",
     "SegConfig", "SegNet", "SegRun", "SegmentationError", "and_masks", "bootstrap_summary",
-    "build_lungmasks", "build_model", "clean_mask", "crop_box", "crop_bundle", "crop_summary", "data_config",
+    "build_lungmasks", "build_model", "clean_mask", "crop_box", "crop_bundle", "crop_summary",
     "display_table", "evaluation_table",
     "find_seg_runs", "lung_crop_spec", "make_lung_masks", "MissingLungMasksError", "mean_scores", "per_image_metrics", "per_image_table",
     "predict_masks", "profile", "run_dir_for", "top_k", "train_cropped", "train_losses", "train_seg",

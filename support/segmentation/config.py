@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import artifacts, losses, profiles
-from ..data.core import data_config as shared_data_config, resolve_params
+from ..data.core import resolve_params
 from ..profiles import SEG_LOSSES  # noqa: F401  (re-exported: support.segmentation.SEG_LOSSES)
 
 #: Fields that choose how a run executes, not what it computes: not in the run key.
@@ -29,11 +29,6 @@ RUN_PREFIX = "seg-"
 def profile(name: str) -> dict:
     """A deep copy of the ``segmentation`` section of profile ``name`` (:mod:`support.profiles`)."""
     return profiles.segmentation(name)
-
-
-def data_config(profile_name: str, spec: str = "") -> dict:
-    """:func:`support.data.data_config` of the segmentation section (kept under this name for notebook 05)."""
-    return shared_data_config(profile_name, spec, section="segmentation")
 
 
 @dataclass
