@@ -117,6 +117,10 @@ def _init_worker(env: dict) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if var in env:
             os.environ[var] = env[var]
+    import torch  # and in case the worker's imports (of this module, by the spawn) already loaded torch:
+
+    if "OMP_NUM_THREADS" in env:
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     from .training import WAIT_ENV
 
     if WAIT_ENV in env:
